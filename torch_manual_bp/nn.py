@@ -7,6 +7,7 @@ parameter names (``weight``, ``bias``), the same ``state_dict``; only ``forward`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -127,14 +128,14 @@ class MLP(nn.Sequential):
         kw = {"bias": bias, "device": device, "dtype": dtype}
         hidden = [
             LinearReLU(n_in, n_out, relu_grad_at_zero=relu_grad_at_zero, **kw)
-            for n_in, n_out in zip(sizes[:-2], sizes[1:-1])
+            for n_in, n_out in pairwise(sizes[:-1])
         ]
         super().__init__(*hidden, Linear(sizes[-2], sizes[-1], **kw))
         self.sizes = sizes
         self.relu_grad_at_zero = int(relu_grad_at_zero)
 
     def to_torch(self) -> nn.Sequential:
-        """The same network as ``torch.nn.Sequential(Linear, ReLU, ..., Linear)``, weights copied."""
+        """The same network as ``nn.Sequential(Linear, ReLU, ..., Linear)``, weights copied."""
         layers: list[nn.Module] = []
         for layer in self:
             twin = nn.Linear(
@@ -173,7 +174,7 @@ class MLP(nn.Sequential):
         has_bias = {m.bias is not None for m in linears}
         if len(has_bias) != 1:
             raise ValueError("from_torch expects every Linear to have a bias, or none to")
-        for prev, nxt in zip(linears, linears[1:]):
+        for prev, nxt in pairwise(linears):
             if prev.out_features != nxt.in_features:
                 raise ValueError(f"layer widths do not chain: {prev} is followed by {nxt}")
         first = linears[0].weight
@@ -184,7 +185,7 @@ class MLP(nn.Sequential):
             device=first.device,
             dtype=first.dtype,
         )
-        for ours, theirs in zip(net, linears):
+        for ours, theirs in zip(net, linears, strict=True):
             ours.load_state_dict(theirs.state_dict())
         return net
 
