@@ -6,6 +6,7 @@ parameter names (``weight``, ``bias``), the same ``state_dict``; only ``forward`
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import pairwise
 
@@ -133,6 +134,12 @@ class MLP(nn.Sequential):
         super().__init__(*hidden, Linear(sizes[-2], sizes[-1], **kw))
         self.sizes = sizes
         self.relu_grad_at_zero = int(relu_grad_at_zero)
+
+    def __getitem__(self, idx):
+        # A slice of the layers is a plain nn.Sequential (it need not end with a Linear).
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
 
     def to_torch(self) -> nn.Sequential:
         """The same network as ``nn.Sequential(Linear, ReLU, ..., Linear)``, weights copied."""
