@@ -20,3 +20,9 @@ _CUDA = torch.cuda.is_available()
 )
 def device(request) -> torch.device:
     return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    """Every test starts from the same global RNG state: failures reproduce."""
+    torch.manual_seed(0)

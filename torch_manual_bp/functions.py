@@ -180,6 +180,17 @@ def _reduce(J: torch.Tensor, reduction: str) -> torch.Tensor:
     return J
 
 
+def _times_incoming(
+    d: torch.Tensor, dJ: torch.Tensor, weight: torch.Tensor | None, N: int, reduction: str
+) -> torch.Tensor:
+    """Chain an elementwise derivative with the loss's weight w, the incoming gradient dJ,
+    and the mean's 1/N (the lecture's 1/m)."""
+    if weight is not None:
+        d = d * weight
+    d = d * dJ
+    return d / N if reduction == "mean" else d
+
+
 class SigmoidBCEFunction(torch.autograd.Function):
     """Binary cross-entropy of Ŷ = σ(Z) against Y, with the lecture's backward dJ/dZ = Ŷ − Y.
 
@@ -217,22 +228,23 @@ class SigmoidBCEFunction(torch.autograd.Function):
     def backward(ctx: Any, dJ: torch.Tensor):
         Z, Y, weight, pos_weight = ctx.saved_tensors
         need_dZ, need_dY, need_dw, need_dp, _ = ctx.needs_input_grad
-        # The incoming gradient per element (÷ N: the mean's 1/N, the lecture's 1/m).
-        g = dJ / Z.numel() if ctx.reduction == "mean" else dJ
-        gw = g if weight is None else g * weight
+        # Operations in the order of PyTorch's own kernel, so that float16/bfloat16 round alike.
         dZ = dY = dw = dp = None
         if need_dZ:
             Y_hat = torch.sigmoid(Z)  # Ŷ = σ(Z), recomputed: keeps d²J/dZ² right
             if pos_weight is None:
-                dZ = (Y_hat - Y) * gw  # dJ/dZ = Ŷ − Y
+                dZ = Y_hat - Y  # dJ/dZ = Ŷ − Y
             else:
-                dZ = ((1 + (pos_weight - 1) * Y) * Y_hat - pos_weight * Y) * gw
+                pY = pos_weight * Y
+                dZ = (pY + 1 - Y) * Y_hat - pY  # (1 + (p − 1) Y) Ŷ − p Y
+            dZ = _times_incoming(dZ, dJ, weight, Z.numel(), ctx.reduction)
         if need_dY:  # soft target: dJ/dY = −Z − (p − 1) log σ(Z)
             dY = -Z if pos_weight is None else -Z - (pos_weight - 1) * F.logsigmoid(Z)
-            dY = dY * gw
+            dY = _times_incoming(dY, dJ, weight, Z.numel(), ctx.reduction)
         if need_dw:  # dJ/dw = the unweighted elementwise loss
             J = _sigmoid_bce_elementwise(Z, Y, None, pos_weight)
-            dw = (J * g).sum_to_size(weight.shape)
+            dw = _times_incoming(J, dJ, None, Z.numel(), ctx.reduction).sum_to_size(weight.shape)
         if need_dp:  # dJ/dp = −Y log σ(Z)
-            dp = (-Y * F.logsigmoid(Z) * gw).sum_to_size(pos_weight.shape)
+            dp = _times_incoming(-Y * F.logsigmoid(Z), dJ, weight, Z.numel(), ctx.reduction)
+            dp = dp.sum_to_size(pos_weight.shape)
         return dZ, dY, dw, dp, None
