@@ -1,0 +1,1 @@
+"""Benchmarks against PyTorch's built-ins: ``python -m benchmarks.run`` (see run.py)."""
