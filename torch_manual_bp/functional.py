@@ -33,14 +33,35 @@ def _autocast_to(dtype_of_op: str, *tensors: torch.Tensor | None) -> tuple:
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
-def _run_without_autocast(device_type: str, fn, *args):
-    if torch.is_autocast_enabled(device_type):
-        with torch.autocast(device_type, enabled=False):
-            return fn(*args)
-    return fn(*args)
+def _linear_args_ok(x: object, weight: object, bias: object) -> bool:
+    """The common case, checked in one expression: the layers are called on every step."""
+    T = torch.Tensor
+    return (
+        isinstance(x, T)
+        and isinstance(weight, T)
+        and x.is_floating_point()
+        and x.dtype == weight.dtype
+        and weight.dim() == 2
+        and x.dim() >= 1
+        and x.shape[-1] == weight.shape[1]
+        and x.device == weight.device
+        and (
+            bias is None
+            or (
+                isinstance(bias, T)
+                and bias.dtype == x.dtype
+                and bias.shape == (weight.shape[0],)
+                and bias.device == x.device
+            )
+        )
+    )
 
 
 def _check_linear_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Raise the error that names what is wrong with the arguments of a linear layer.
+
+    Dtypes are compared later, after autocast's casts (``_check_linear_dtypes``).
+    """
     check_floating("input", x)
     check_floating("weight", weight)
     if bias is not None:
@@ -62,6 +83,20 @@ def _check_linear_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     check_same_device([("input", x), ("weight", weight), ("bias", bias)])
 
 
+def _apply_linear(function: type[torch.autograd.Function], x, weight, bias, *extra):
+    """Validate, apply autocast's casts, then run ``function`` with autocast off."""
+    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    autocast = torch.is_autocast_enabled(device_type)
+    if autocast or not _linear_args_ok(x, weight, bias):
+        _check_linear_args(x, weight, bias)
+        x, weight, bias = _autocast_to("lower", x, weight, bias)
+        check_same_dtype([("input", x), ("weight", weight), ("bias", bias)])
+    if autocast:
+        with torch.autocast(device_type, enabled=False):
+            return function.apply(x, weight, bias, *extra)
+    return function.apply(x, weight, bias, *extra)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Z = x Wᵀ + b (the lecture's Z[l] = W[l] A[l-1] + b[l], examples as rows).
 
@@ -75,10 +110,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Example:
         >>> z = linear(torch.randn(8, 3), torch.randn(2, 3), torch.zeros(2))  # (8, 2)
     """
-    _check_linear_args(x, weight, bias)
-    x, weight, bias = _autocast_to("lower", x, weight, bias)
-    check_same_dtype([("input", x), ("weight", weight), ("bias", bias)])
-    return _run_without_autocast(x.device.type, LinearFunction.apply, x, weight, bias)
+    return _apply_linear(LinearFunction, x, weight, bias)
 
 
 def linear_relu(
@@ -103,12 +135,7 @@ def linear_relu(
         >>> a = linear_relu(torch.randn(8, 3), torch.randn(4, 3), relu_grad_at_zero=0)
     """
     check_relu_grad_at_zero(relu_grad_at_zero)
-    _check_linear_args(x, weight, bias)
-    x, weight, bias = _autocast_to("lower", x, weight, bias)
-    check_same_dtype([("input", x), ("weight", weight), ("bias", bias)])
-    return _run_without_autocast(
-        x.device.type, LinearReLUFunction.apply, x, weight, bias, int(relu_grad_at_zero)
-    )
+    return _apply_linear(LinearReLUFunction, x, weight, bias, int(relu_grad_at_zero))
 
 
 def _check_broadcasts_to(name: str, t: torch.Tensor, shape: torch.Size) -> None:
@@ -154,6 +181,39 @@ def sigmoid_bce(
     Example:
         >>> J = sigmoid_bce(torch.randn(8), torch.randint(0, 2, (8,)).float())
     """
+    device_type = logits.device.type if isinstance(logits, torch.Tensor) else "cpu"
+    autocast = torch.is_autocast_enabled(device_type)
+    if autocast or not _bce_args_ok(logits, target, weight, pos_weight, reduction):
+        _check_bce_args(logits, target, weight, pos_weight, reduction)
+        logits, target, weight, pos_weight = _autocast_to(
+            "float32", logits, target, weight, pos_weight
+        )
+        check_same_dtype(
+            [("logits", logits), ("target", target), ("weight", weight), ("pos_weight", pos_weight)]
+        )
+    if autocast:
+        with torch.autocast(device_type, enabled=False):
+            return SigmoidBCEFunction.apply(logits, target, weight, pos_weight, reduction)
+    return SigmoidBCEFunction.apply(logits, target, weight, pos_weight, reduction)
+
+
+def _bce_args_ok(logits, target, weight, pos_weight, reduction) -> bool:
+    """The common case (no weights), checked in one expression."""
+    return (
+        weight is None
+        and pos_weight is None
+        and reduction in ("mean", "sum", "none")
+        and isinstance(logits, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and logits.is_floating_point()
+        and target.dtype == logits.dtype
+        and target.shape == logits.shape
+        and target.device == logits.device
+    )
+
+
+def _check_bce_args(logits, target, weight, pos_weight, reduction) -> None:
+    """Raise the error that names what is wrong (dtypes are compared after autocast)."""
     check_reduction(reduction)
     check_floating("logits", logits)
     check_floating("target", target)
@@ -165,12 +225,6 @@ def sigmoid_bce(
         if t is not None:
             check_floating(name, t)
             _check_broadcasts_to(name, t, logits.shape)
-    named = [("logits", logits), ("target", target), ("weight", weight), ("pos_weight", pos_weight)]
-    check_same_device(named)
-    logits, target, weight, pos_weight = _autocast_to("float32", logits, target, weight, pos_weight)
-    check_same_dtype(
+    check_same_device(
         [("logits", logits), ("target", target), ("weight", weight), ("pos_weight", pos_weight)]
-    )
-    return _run_without_autocast(
-        logits.device.type, SigmoidBCEFunction.apply, logits, target, weight, pos_weight, reduction
     )
