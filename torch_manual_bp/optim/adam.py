@@ -1,0 +1,240 @@
+"""The lecture's Adam as a ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
+
+from . import _common as c
+from .rules import adam_update_, adam_update_foreach_
+
+__all__ = ["Adam", "adam"]
+
+
+class Adam(Optimizer):
+    r"""Adam as the lecture writes it: m averages the negative gradient and is added.
+
+    Update rule, per parameter tensor w with gradient g = ∇J(w(t)), t = 1, 2, ...::
+
+        g    ← g + λ w                  (weight_decay λ, L2; or with decoupled_weight_decay
+                                        w ← w(1 − αλ) instead, AdamW)
+        m(t) ← β₁ m(t−1) − (1 − β₁) g        m(0) = 0
+        s(t) ← β₂ s(t−1) + (1 − β₂) g²       s(0) = 0
+        m̂ = m/(1 − β₁ᵗ),  ŝ = s/(1 − β₂ᵗ)    (AMSGrad: s_max ← max(s_max, s), ŝ from s_max)
+        w    ← w + α m̂ / (√ŝ + ε)
+
+    with α = ``lr``, (β₁, β₂) = ``betas``, ε = ``eps``. The slide has no ε (ŝ = 0 is 0/0);
+    ε is added after the bias correction, as in the paper and PyTorch. ``eps=0`` gives the
+    slide's literal form, and a zero update (never NaN) where ŝ = 0.
+
+    PyTorch equivalence (exact up to rounding, tested at every step in float64): the same
+    trajectory as ``torch.optim.Adam`` with the same arguments (``decoupled_weight_decay=True``
+    is ``torch.optim.AdamW``); state ``m == -exp_avg``, ``s == exp_avg_sq``,
+    ``s_max == max_exp_avg_sq``.
+
+    State per parameter: ``step`` (0-dim float tensor, t; on the parameter's device when
+    ``capturable``), ``m``, ``s``, and ``s_max`` with ``amsgrad``. The step that was taken is
+    ``lr * adam_step_direction(m, s, step, betas, eps)``.
+
+    Args:
+        params: parameters or param-group dicts.
+        lr: α (default 1e-3; a float or a 1-element Tensor).
+        betas: (β₁, β₂), each in [0, 1) (default (0.9, 0.999)).
+        eps: ε ≥ 0 (default 1e-8).
+        weight_decay: λ ≥ 0.
+        decoupled_weight_decay: decay w by (1 − αλ) instead of adding λw to g (AdamW).
+        amsgrad: divide by the running maximum of s (AMSGrad).
+        maximize: maximize J instead of minimizing it.
+        foreach: True: the multi-tensor ``torch._foreach_*`` path; False: the per-tensor
+            loop; None: the faster for the device (multi-tensor; see docs/optim.md).
+        capturable: keep ``step`` on the parameter's device and do all scalar arithmetic on
+            tensors, so a step never synchronises with the host and can be captured in a
+            CUDA graph. Works on every device (on CPU it only costs a little speed).
+
+    Example:
+        >>> opt = Adam(model.parameters(), lr=1e-3)
+        >>> loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+    ) -> None:
+        c.check_lr(lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
+        c.check_beta("betas[0]", betas[0])
+        c.check_beta("betas[1]", betas[1])
+        c.check_nonnegative("eps", eps)
+        c.check_nonnegative("weight_decay", weight_decay)
+        for name, flag in [
+            ("decoupled_weight_decay", decoupled_weight_decay),
+            ("amsgrad", amsgrad),
+            ("maximize", maximize),
+            ("capturable", capturable),
+        ]:
+            c.check_flag(name, flag)
+        c.check_paths(foreach, None)
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+        }
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A state_dict or pickle from an older version lacks the newer keys: fill them in.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("weight_decay", 0.0)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            for p in group["params"]:
+                st = self.state.get(p, {})
+                if st and not torch.is_tensor(st["step"]):
+                    st["step"] = self._new_step(p, group, float(st["step"]))
+
+    @staticmethod
+    def _new_step(p: Tensor, group: dict[str, Any], value: float = 0.0) -> Tensor:
+        # On the host unless capturable: reading it back (.item()) is then free.
+        if group["capturable"]:
+            return torch.tensor(value, dtype=torch.float32, device=p.device)
+        return torch.tensor(value, dtype=c.scalar_dtype())
+
+    def _gather(self, group: dict[str, Any], group_index: int):
+        """The tensors of this group that have a gradient, creating their state on first use."""
+        w, g, m, s, s_max, t = [], [], [], [], [], []
+        for i, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise c.sparse_error("Adam", group_index, i)
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = self._new_step(p, group)
+                state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["amsgrad"]:
+                    state["s_max"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            w.append(c.as_real(p))
+            g.append(c.as_real(p.grad))
+            m.append(c.as_real(state["m"]))
+            s.append(c.as_real(state["s"]))
+            if group["amsgrad"]:
+                s_max.append(c.as_real(state["s_max"]))
+            t.append(state["step"])
+        return w, g, m, s, (s_max if group["amsgrad"] else None), t
+
+    def _check_capture(self) -> None:
+        # PyTorch's own guard: capturing a CUDA graph needs capturable=True in every group.
+        check = getattr(self, "_accelerator_graph_capture_health_check", None) or getattr(
+            self, "_cuda_graph_capture_health_check", None
+        )
+        if check is not None:
+            check()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        """One step for every parameter with a gradient; ``closure`` (re-evaluating the loss)
+        is called once, with grad mode on, and its loss returned."""
+        self._check_capture()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for i, group in enumerate(self.param_groups):
+            w, g, m, s, s_max, t = self._gather(group, i)
+            if w:
+                beta1, beta2 = group["betas"]
+                adam(
+                    w,
+                    g,
+                    m,
+                    s,
+                    s_max,
+                    t,
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["eps"],
+                    weight_decay=group["weight_decay"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"],
+                    maximize=group["maximize"],
+                    foreach=group["foreach"],
+                    capturable=group["capturable"],
+                )
+        return loss
+
+
+def adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    ss: list[Tensor],
+    s_maxs: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+    capturable: bool = False,
+) -> None:
+    """Functional Adam: advance each ``steps[i]`` by one and apply the rule
+    (:func:`~torch_manual_bp.optim.rules.adam_update_`) on the chosen path."""
+    if foreach is None:
+        foreach = c.default_foreach(params)
+    # On tensors (no .item()): under capture, and under torch.compile where a Python number
+    # read from the step would be baked into the graph and force a recompile every step.
+    tensor_mode = capturable or c.is_compiling()
+    alpha = lr if tensor_mode else c.number(lr)
+    if tensor_mode and isinstance(alpha, Tensor):
+        alpha = alpha.to(params[0].device)
+    kw = dict(
+        alpha=alpha,
+        beta1=c.number(beta1),
+        beta2=c.number(beta2),
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize,
+    )
+    amsgrad = s_maxs is not None
+    if foreach:
+        lists = [params, grads, ms, ss, s_maxs if amsgrad else [None] * len(params), steps]
+        for w, g, m, s, s_max, t in c.group_by_device_and_dtype(lists):
+            torch._foreach_add_(t, 1)
+            ts = t if tensor_mode else [ti.item() for ti in t]
+            adam_update_foreach_(w, g, m, s, s_max if amsgrad else None, t=ts, **kw)
+    else:
+        for i, (w, g, m, s, t) in enumerate(zip(params, grads, ms, ss, steps, strict=True)):
+            t += 1
+            s_max = s_maxs[i] if amsgrad else None
+            adam_update_(w, g, m, s, s_max, t=t if tensor_mode else t.item(), **kw)
