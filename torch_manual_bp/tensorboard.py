@@ -41,7 +41,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["TrainingLogger", "layer_name", "optimizer_quantities"]
+__all__ = ["TrainingLogger", "layer_name", "optimizer_quantities", "read_hparams", "read_scalars"]
 
 
 def layer_name(param_name: str) -> str:
@@ -168,7 +168,8 @@ class TrainingLogger:
         read from ``.grad``). ``histograms=True`` adds the per-parameter histograms.
         """
         if loss is not None:
-            self.writer.add_scalar("train/loss", float(loss), step)
+            value = loss.detach() if isinstance(loss, torch.Tensor) else loss
+            self.writer.add_scalar("train/loss", float(value), step)
         if optimizer is not None:
             self.writer.add_scalar("lr", float(optimizer.param_groups[0]["lr"]), step)
         named = dict(model.named_parameters())
@@ -237,3 +238,37 @@ class TrainingLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------------------
+# Reading a run back (tests, notebooks)
+# --------------------------------------------------------------------------------------
+
+
+def _accumulator(run_dir: str | os.PathLike):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.fspath(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def read_scalars(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run directory: ``{tag: [(step, value), ...]}`` in step order."""
+    acc = _accumulator(run_dir)
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def read_hparams(run_dir: str | os.PathLike) -> tuple[dict[str, object], list[str]]:
+    """(hyperparameters, metric tags) written by ``TrainingLogger.log_hparams``."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    content = _accumulator(run_dir).PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"])
+    hparams = {}
+    for key, value in start.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        hparams[key] = getattr(value, kind)
+    metrics = [m.name.tag for m in experiment.experiment.metric_infos]
+    return hparams, metrics
