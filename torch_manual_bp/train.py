@@ -486,6 +486,8 @@ def _train(config, rank, world, local_rank, on_epoch) -> TrainResult:
             from .tensorboard import TrainingLogger
 
             logger = TrainingLogger(run_dir, purge_step=step if saved else None)
+            if saved is not None:  # purging hid the epoch-end metrics at `step`: restore them
+                logger.log_scalars(step, saved.get("metrics", {}))
 
     module = model  # the plain MLP: evaluation, parity checks and checkpoints use it
     net = model
