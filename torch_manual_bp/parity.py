@@ -780,15 +780,21 @@ def _close(a: Any, b: Any) -> bool:
 
 
 def _momentum_vs_sgd(ours: dict, theirs: dict, t: int) -> list[str]:
-    """Momentum(α, β[, bias_correction]) ≡ SGD(lr=α(1−β)[/(1−βᵗ)], momentum=β, dampening=0)."""
+    """What keeps SGD from following the lecture's Momentum at step t.
+
+    Momentum(α, β) ≡ SGD(lr=α(1−β), momentum=β, dampening=0); with bias_correction the lr
+    of step t is α(1−β)/(1−βᵗ). With dampening d ≠ 0, SGD's buffer b ← βb + (1−d)g matches
+    the lecture's recursion for lr = α(1−β)/(1−d) (d = β: lr = α) but starts at b(1) = g,
+    undamped, so its first step is 1/(1−d) times too long.
+    """
     problems = []
     alpha, beta = ours["lr"], ours["momentum"]
-    if theirs.get("dampening", 0) != 0:
+    d = theirs.get("dampening", 0) or 0
+    if d != 0:
         problems.append(
-            f"torch.optim.SGD(dampening={theirs['dampening']}) does not dampen its first step: "
-            f"its buffer starts at b(1) = g, not (1 − dampening)·g, so step 1 moves by lr·g; "
-            f"the lecture's Momentum(lr=α, momentum=β) is SGD(lr=α(1−β), momentum=β, "
-            f"dampening=0)"
+            f"torch.optim.SGD(dampening={d}) does not dampen its first step: its buffer "
+            f"starts at b(1) = g, not (1 − dampening)·g, so step 1 is 1/(1 − {d}) times "
+            f"the lecture's; use SGD(lr=α(1−β), momentum=β, dampening=0)"
         )
     if not _close(theirs.get("momentum"), beta):
         problems.append(
@@ -799,27 +805,32 @@ def _momentum_vs_sgd(ours: dict, theirs: dict, t: int) -> list[str]:
             "the reference SGD uses nesterov=True; the lecture's Momentum is not Nesterov's"
         )
     corrected = bool(ours.get("bias_correction", False))
-    expected = alpha * (1 - beta) / ((1 - beta**t) if corrected else 1)
-    if beta < 1 and not _close(theirs.get("lr"), expected):
-        how = (
-            f"α(1−β)/(1−βᵗ) = {alpha}·(1−{beta})/(1−{beta}^{t})"
-            if corrected
-            else f"α(1−β) = {alpha}·(1−{beta})"
-        )
-        hint = (
-            " (bias_correction=True: schedule SGD with LambdaLR(lambda e: 1/(1 − β**(e + 1))))"
-            if corrected
-            else ""
-        )
-        problems.append(
-            f"lr mismatch at step {t}: the reference SGD used lr={theirs.get('lr')}, the "
-            f"lecture's Momentum(lr={alpha}, momentum={beta}) moves like lr = {how} = "
-            f"{expected:.6g}{hint}"
-        )
+    if beta < 1 and d < 1:
+        expected = alpha * (1 - beta) / (1 - d) / ((1 - beta**t) if corrected else 1)
+        if not _close(theirs.get("lr"), expected):
+            problems.append(_lr_problem(alpha, beta, d, t, corrected, theirs.get("lr"), expected))
     for key in ("weight_decay", "maximize"):
         if key in ours and key in theirs and not _close(ours[key], theirs[key]):
             problems.append(f"{key} mismatch: {ours[key]!r} vs the reference's {theirs[key]!r}")
     return problems
+
+
+def _lr_problem(alpha, beta, d, t, corrected, lr, expected) -> str:
+    sym, num = "α(1−β)", f"{alpha}·(1−{beta})"
+    if d:
+        sym, num = f"{sym}/(1−dampening)", f"{num}/(1−{d})"
+    if corrected:
+        sym, num = f"{sym}/(1−βᵗ)", f"{num}/(1−{beta}^{t})"
+    how = f"{sym} = {num}"
+    hint = (
+        " (bias_correction=True: schedule SGD with LambdaLR(lambda e: 1/(1 − β**(e + 1))))"
+        if corrected
+        else ""
+    )
+    return (
+        f"lr mismatch at step {t}: the reference SGD used lr={lr}, the lecture's "
+        f"Momentum(lr={alpha}, momentum={beta}) moves like lr = {how} = {expected:.6g}{hint}"
+    )
 
 
 def _adam_vs_adam(ours: dict, theirs: dict, reference: torch.optim.Optimizer) -> list[str]:
