@@ -341,8 +341,26 @@ def _devices(choice: str) -> list[torch.device] | str:
     return [torch.device("cpu"), torch.device("cuda")]
 
 
+_DESCRIPTION = """\
+Check every Function (linear, linear_relu in both ReLU conventions, sigmoid_bce with each
+reduction and weights) and every optimizer (Momentum against SGD, bias-corrected Momentum
+against SGD under LambdaLR, Adam against torch.optim.Adam/AdamW) of torch_manual_bp against
+PyTorch on this machine, and print one table: check, max difference, tolerance, result.
+Exit status: 0 when every check passes, 1 when one fails, 2 when the device is missing."""
+
+_EPILOG = """\
+examples:
+  %(prog)s                                 # CPU, float32
+  %(prog)s --device all --dtype float64    # CPU and CUDA (when present), float64
+  %(prog)s --dtype bfloat16 --verbose      # every row of a failing check"""
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the self-test's options to ``parser`` (used by ``python -m torch_manual_bp parity``)."""
+    """Add the self-test's options to ``parser`` (used by ``python -m torch_manual_bp parity``);
+    also sets its description and epilog."""
+    parser.description = _DESCRIPTION
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda", "all"),
@@ -407,10 +425,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m torch_manual_bp.selftest [--device ...] [--dtype ...]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m torch_manual_bp.selftest",
-        description="Check every Function and optimizer of torch_manual_bp against PyTorch.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m torch_manual_bp.selftest")
     configure_parser(parser)
     return run(parser.parse_args(argv))
 
