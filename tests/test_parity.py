@@ -656,3 +656,22 @@ def test_backprop_trace_errors(model: Any, X_shape, Y_shape, words):
         backprop_trace(model, torch.randn(X_shape), torch.rand(Y_shape))
     with pytest.raises(ValueError, match="relu_grad_at_zero must be 1 or 0"):
         backprop_trace(MLP([5, 4, 1]), torch.randn(8, 5), torch.rand(8), relu_grad_at_zero=2)
+
+
+# --------------------------------------------------------------------------------------
+# The example script: a deliberately buggy Function, caught
+# --------------------------------------------------------------------------------------
+
+
+def test_example_verify_your_backward_catches_its_bugs(capsys):
+    import pathlib
+    import runpy
+
+    script = pathlib.Path(__file__).parents[1] / "examples" / "verify_your_backward.py"
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert exc.value.code == 0, out
+    assert "-> caught: the report fails on ['0.bias']" in out
+    assert "-> caught: the report fails on ['0.weight', '0.bias', 'input']" in out
+    assert "every bug caught, every correct version passed" in out

@@ -735,7 +735,7 @@ class TrainingReport:
             "worst tensor",
             "max abs diff",
             "tolerance",
-            "",
+            "result",
         )
         text = f"compare_training: {verdict}, {len(self.steps) - 1} steps\n{_table(headers, lines)}"
         t = self.first_divergence
