@@ -97,7 +97,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--logdir",
         default=d.logdir,
-        help="TensorBoard root; each run is <logdir>/<run-name> (default: runs)",
+        help="TensorBoard root; each run is <logdir>/<run-name>; '' = no logs (default: runs)",
     )
     p.add_argument(
         "--data",
@@ -171,7 +171,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0].strip("`"))
+    parser = _Parser(
+        prog=PROG,
+        description="The lecture's backpropagation and optimizers, trained and checked "
+        "against PyTorch.",
+    )
     sub = parser.add_subparsers(
         dest="command", metavar="{train,compare,parity}", parser_class=_Parser
     )
@@ -206,7 +210,7 @@ def _config_from_args(args: argparse.Namespace):
         hidden=hidden,
         seed=args.seed,
         device=args.device,
-        logdir=args.logdir,
+        logdir=args.logdir or None,  # --logdir "": no TensorBoard
         run_name=args.run_name,
         data=args.data,
         target=args.target,

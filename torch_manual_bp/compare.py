@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         hidden=[w for group in args.hidden for w in group],
         seed=args.seed,
         device=args.device,
-        logdir=args.logdir,
+        logdir=args.logdir or None,  # --logdir "": no TensorBoard
         run_name=args.run_name,
         data=args.data,
         target=args.target,
