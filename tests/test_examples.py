@@ -1,0 +1,35 @@
+"""Each example script runs top to bottom on tiny settings and leaves a readable run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("tensorboard")
+
+from torch_manual_bp.tensorboard import read_scalars
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+CASES = [
+    ("train_loop_tensorboard.py", {"train/loss", "val/loss", "val/accuracy",
+                                   "optim/update_norm/layer1", "hparam/val_accuracy"}),
+    ("train_loop_scheduler_amp.py", {"train/loss", "lr", "val/accuracy",
+                                     "optim/m_hat_norm/layer2"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("script", "tags"), CASES, ids=[c[0] for c in CASES])
+def test_example_runs(tmp_path, script, tags):
+    logdir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--epochs", "2", "--logdir", str(logdir)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "val accuracy" in done.stdout
+    scalars = read_scalars(logdir)
+    assert tags <= set(scalars)
+    assert len(scalars["train/loss"]) == 2 * 15  # 2 epochs of ceil(455 / 32) steps
