@@ -214,6 +214,25 @@ def test_compare_gradients_catches_the_bug_and_names_the_parameter(bug, layer, f
     assert compare_gradients(fixed, twin, X, Y).passed
 
 
+@pytest.mark.parametrize(
+    ("bug", "layer", "words"),
+    [
+        ("db averaged over the batch", 0, "'l0.bias' is 1/m of the reference's (m = 16)"),
+        ("no ReLU mask", 0, None),  # not a constant factor: no guess
+    ],
+)
+def test_compare_gradients_diagnoses_a_constant_factor(bug, layer, words):
+    ours, theirs = _buggy_net(bug, layer, torch.float64)
+    X, Y = _data()
+    report = compare_gradients(ours, theirs, X, Y)
+    assert report.diagnosis == (
+        None if words is None else words + ": averaged over the batch, not summed"
+    )
+    if words:
+        assert report["l0.bias"].factor == pytest.approx(1 / 16)
+        assert "= 0.0625 × reference" in str(report)
+
+
 def test_relu_tie_convention_fails_with_a_diagnosis_and_passes_without_ties():
     torch.manual_seed(0)
     X, Y = _data()
@@ -309,6 +328,8 @@ def test_loss_fn_and_reference_loss_fn():
         net, net.to_torch(), X, Y, summed, reference_loss_fn=F.binary_cross_entropy_with_logits
     )
     assert {r.name for r in report.failures} == {r.name for r in report.rows} - {"output"}
+    assert report["loss"].factor == pytest.approx(16)
+    assert "'loss' is m = 16 times the reference's" in report.diagnosis
 
 
 def test_report_table_is_aligned_and_converts_to_a_dict():
@@ -317,7 +338,8 @@ def test_report_table_is_aligned_and_converts_to_a_dict():
     report = compare_gradients(ours, theirs, X, Y)
     lines = str(report).splitlines()
     assert lines[0].startswith("compare_gradients (torch.float64, cpu): FAILED, 8/9 rows pass")
-    header, rule, *rows = lines[1:]
+    assert lines[-1].startswith("diagnosis: 'l0.bias' is 1/m")
+    header, rule, *rows = lines[1:-1]
     starts = [i for i, c in enumerate(rule) if c == "-" and (i == 0 or rule[i - 1] == " ")]
     for col in ("tensor", "shape", "max abs diff", "max rel diff", "tolerance", "result"):
         assert header.index(col) in starts
@@ -495,23 +517,23 @@ def test_compare_training_reports_a_different_start_at_step_0():
 
 def test_compare_training_finds_relu_ties_in_the_batch():
     torch.manual_seed(0)
-    lecture = MLP([5, 8, 1], relu_grad_at_zero=1, dtype=torch.float64)
     X, Y = _data()
+    lecture = MLP([5, 8, 1], relu_grad_at_zero=1, dtype=torch.float64)
     batches = [(X + 0.5, Y), (_tied(lecture, X), Y)]  # ties in batch 2 only...
     twin = lecture.to_torch()  # ...but step 1 moves the bias off zero: no tie left
     opt = torch.optim.SGD(lecture.parameters(), lr=0.1)
     ref = torch.optim.SGD(twin.parameters(), lr=0.1)
     assert compare_training(lecture, opt, twin, ref, batches).passed
+    # A zero bias left out of the optimizer keeps the ties: they part at step 3, the first
+    # batch with ties, in dJ/db[1] (the only gradient a tie of the first layer reaches).
     lecture = MLP([5, 8, 1], relu_grad_at_zero=1, dtype=torch.float64)
-    batches = [(X + 0.5, Y), (X + 0.5, Y), (_tied(lecture, X), Y)]
-    with torch.no_grad():
-        lecture[0].bias.zero_()
+    batches = [(X + 0.5, Y), (X + 0.5, Y), (_tied(lecture, X), Y), (X + 0.5, Y)]
     twin = lecture.to_torch()
-    opt = torch.optim.SGD(lecture.parameters(), lr=0.0)  # lr 0: the zero bias stays zero
-    ref = torch.optim.SGD(twin.parameters(), lr=0.0)
+    opt = torch.optim.SGD([p for n, p in lecture.named_parameters() if n != "0.bias"], lr=0.1)
+    ref = torch.optim.SGD([p for n, p in twin.named_parameters() if n != "0.bias"], lr=0.1)
     report = compare_training(lecture, opt, twin, ref, batches)
     assert report.first_divergence == 3, report
-    assert "grad 0.bias" in {r.name for r in report.step(3).failures}
+    assert [r.name for r in report.step(3).failures] == ["grad 0.bias"]
     assert report.diagnosis.startswith("step 3: ReLU tie convention")
 
 

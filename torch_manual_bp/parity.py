@@ -88,6 +88,7 @@ class ComparisonRow:
     tolerance: float
     passed: bool
     note: str = ""
+    factor: float | None = None  # when a failing tensor is a constant times the reference's
 
     @property
     def ratio(self) -> float:
@@ -104,6 +105,7 @@ class ComparisonRow:
             "tolerance": self.tolerance,
             "passed": self.passed,
             "note": self.note,
+            "factor": self.factor,
         }
 
 
@@ -150,7 +152,23 @@ def _compare(
     note = "NaN on one side" if math.isnan(max_abs) else ""
     if both_nan.any():
         note = f"{note}, NaN in both" if note else "NaN in both"
-    return ComparisonRow(name, reference_name, shape, max_abs, max_rel, tolerance, passed, note)
+    factor = None if passed or note else _constant_factor(a, b, rtol)
+    if factor is not None:
+        note = f"= {factor:.6g} × reference"
+    return ComparisonRow(
+        name, reference_name, shape, max_abs, max_rel, tolerance, passed, note, factor
+    )
+
+
+def _constant_factor(a: Tensor, b: Tensor, rtol: float) -> float | None:
+    """k when a = k·b up to the tolerance (a bias averaged instead of summed: k = 1/m; a
+    flipped sign: k = −1), else None. k is the least-squares fit ⟨a, b⟩/⟨b, b⟩."""
+    bb = float((b * b).sum())
+    if not (math.isfinite(bb) and bb > 0) or a.numel() < 1:
+        return None
+    k = float((a * b).sum()) / bb
+    residual = float((a - k * b).abs().max())
+    return k if residual <= 10 * rtol * float(a.abs().max()) and k != 0 else None
 
 
 # --------------------------------------------------------------------------------------
@@ -535,8 +553,30 @@ def compare_gradients(
         rows.append(_grad_row(name, name, dx, dx_r, rtol, atol))
     report = GradientReport(rows, J.dtype, J.device)
     if not report.passed:
-        report.diagnosis = _tie_diagnosis(model, reference, inputs)
+        m = next((x.shape[0] for x in inputs if isinstance(x, Tensor) and x.dim() > 0), None)
+        report.diagnosis = _tie_diagnosis(model, reference, inputs) or _factor_diagnosis(
+            report.failures, m
+        )
     return report
+
+
+def _factor_diagnosis(failures: Sequence[ComparisonRow], m: int | None) -> str | None:
+    """A sentence for failing rows that are a constant multiple of the reference."""
+    hints = []
+    for r in failures:
+        k = r.factor
+        if k is None:
+            continue
+        if m and math.isclose(1 / k, m, rel_tol=1e-6):
+            why = f"1/m of the reference's (m = {m}): averaged over the batch, not summed"
+        elif m and math.isclose(k, m, rel_tol=1e-6):
+            why = f"m = {m} times the reference's: summed over the batch, not averaged"
+        elif math.isclose(k, -1, rel_tol=1e-6):
+            why = "the reference's with the sign flipped"
+        else:
+            why = f"{k:.6g} times the reference's: a constant factor is off"
+        hints.append(f"{r.name!r} is {why}")
+    return "; ".join(hints) or None
 
 
 # --------------------------------------------------------------------------------------
@@ -875,9 +915,15 @@ def _hyper_problems(optimizer, reference_optimizer, record: StepRecord) -> list[
     return problems
 
 
+def _factor_words(row: ComparisonRow) -> str:
+    return "" if row.factor is None else f", ours = {row.factor:.6g} × the reference's"
+
+
 def _diagnose(
-    report: TrainingReport, model, reference, optimizer, reference_optimizer, inputs
+    report: TrainingReport, optimizer, reference_optimizer, ties: str | None
 ) -> str | None:
+    """Why the first divergent step parts, from its rows, the hyperparameters and ``ties``
+    (the ReLU-tie sentence for that step's batch, found before its update)."""
     t = report.first_divergence
     if t is None:
         return None
@@ -891,7 +937,6 @@ def _diagnose(
     forward = [r for r in failing if r.name == "loss"]
     backward = [r for r in failing if r.name.startswith("grad ")]
     if forward or backward:
-        ties = _tie_diagnosis(model, reference, inputs)
         if ties:
             return f"step {t}: {ties}"
         what = "the losses" if forward else f"the gradients ({backward[0].name})"
@@ -907,8 +952,8 @@ def _diagnose(
     if state:
         return (
             f"step {t}: the gradients and hyperparameters agree, but the optimizer state "
-            f"parts first at {state[0].name!r} (reference {state[0].reference!r}): the "
-            f"state's update rule differs"
+            f"parts first at {state[0].name!r} (reference {state[0].reference!r}"
+            f"{_factor_words(state[0])}): the state's update rule differs"
         )
     return (
         f"step {t}: the gradients, hyperparameters and optimizer state agree, but the "
@@ -946,6 +991,7 @@ def _param_rows(pairs, rtol, atol, prefix: str = "") -> list[ComparisonRow]:
 
 def _train_step(module, optimizer, inputs, target, loss_fn) -> Tensor:
     optimizer.zero_grad(set_to_none=True)
+    module.zero_grad(set_to_none=True)  # also parameters the optimizer does not own
     J = loss_fn(module(*inputs), target)
     J.backward()
     return J.detach()
@@ -1015,7 +1061,7 @@ def compare_training(
     loss_fn = _default_loss if loss_fn is None else loss_fn
     reference_loss_fn = loss_fn if reference_loss_fn is None else reference_loss_fn
     report = TrainingReport([StepRecord(0, _param_rows(pairs, rtol, atol))])
-    diverged_on: tuple | None = None  # the inputs of the first divergent step
+    ties: str | None = None  # ReLU ties in the batch where the gradients first part
     for t, (inputs, target) in enumerate(_batches(batches, steps), start=1):
         inputs = _as_tuple(inputs)
         hyper = (_snapshot(optimizer), _snapshot(reference_optimizer))
@@ -1026,6 +1072,8 @@ def compare_training(
             _grad_row(f"grad {n}", f"grad {rn}", p.grad, rp.grad, rtol, atol)
             for n, p, rn, rp in pairs
         ]
+        if report.passed and not all(r.passed for r in rows):
+            ties = _tie_diagnosis(model, reference, inputs)  # before the update moves w
         optimizer.step()
         reference_optimizer.step()
         for s in (scheduler, reference_scheduler):
@@ -1034,13 +1082,9 @@ def compare_training(
         rows += _param_rows(pairs, rtol, atol)
         rows += _state_rows(pairs, optimizer, reference_optimizer, mapping, rtol, atol)
         report.steps.append(StepRecord(t, rows, float(J), float(J_r), hyper))
-        if diverged_on is None and not report.steps[-1].passed:
-            diverged_on = inputs
     if len(report.steps) == 1:
         raise ValueError("batches gave no batch: nothing to compare")
-    report.diagnosis = _diagnose(
-        report, model, reference, optimizer, reference_optimizer, diverged_on
-    )
+    report.diagnosis = _diagnose(report, optimizer, reference_optimizer, ties)
     return report
 
 
