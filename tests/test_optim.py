@@ -51,10 +51,11 @@ def bias_corrected_lambda(beta: float) -> Callable[[int], float]:
 
 def torch_twin(kind: str, groups: list[dict], opts: dict):
     """Our optimizer's PyTorch equivalent and, for bias-corrected Momentum, its scheduler."""
+    # the twin takes PyTorch's default path: its capturable=True is CUDA-only, and the
+    # trajectory does not depend on the path
+    opts = {k: v for k, v in opts.items() if k not in ("capturable", "fused")}
     if kind == "adam":
-        # torch's capturable=True is CUDA-only; the trajectory is the same without it
-        opt = torch.optim.Adam(groups, **{k: v for k, v in opts.items() if k != "capturable"})
-        return opt, None
+        return torch.optim.Adam(groups, **opts), None
 
     # Momentum(α, β) ≡ SGD(α(1 − β), β): translate lr, per group too.
     def sgd_group(g: dict) -> dict:

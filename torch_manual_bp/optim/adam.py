@@ -11,7 +11,8 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from . import _common as c
-from .rules import adam_update_, adam_update_foreach_
+from . import _fused
+from .rules import _adam_step_scalars, adam_update_, adam_update_foreach_
 
 __all__ = ["Adam", "adam"]
 
@@ -52,6 +53,9 @@ class Adam(Optimizer):
         maximize: maximize J instead of minimizing it.
         foreach: True: the multi-tensor ``torch._foreach_*`` path; False: the per-tensor
             loop; None: the faster for the device (multi-tensor; see docs/optim.md).
+        fused: True: one pass over each tensor in a C++ kernel built on first use (CPU,
+            float32/float64/bfloat16/float16; needs a C++ compiler, else a clear error).
+            None (default) and False: not used.
         capturable: keep ``step`` on the parameter's device and do all scalar arithmetic on
             tensors, so a step never synchronises with the host and can be captured in a
             CUDA graph. Works on every device (on CPU it only costs a little speed).
@@ -73,6 +77,7 @@ class Adam(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         capturable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         c.check_lr(lr)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -88,7 +93,7 @@ class Adam(Optimizer):
             ("capturable", capturable),
         ]:
             c.check_flag(name, flag)
-        c.check_paths(foreach, None)
+        c.check_paths(foreach, fused)
         defaults = {
             "lr": lr,
             "betas": tuple(betas),
@@ -99,8 +104,13 @@ class Adam(Optimizer):
             "maximize": maximize,
             "foreach": foreach,
             "capturable": capturable,
+            "fused": fused,
         }
         super().__init__(params, defaults)
+        if fused:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    _fused.check_fusable(p)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A state_dict or pickle from an older version lacks the newer keys: fill them in.
@@ -112,6 +122,7 @@ class Adam(Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("capturable", False)
+            group.setdefault("fused", None)
             for p in group["params"]:
                 st = self.state.get(p, {})
                 if st and not torch.is_tensor(st["step"]):
@@ -185,6 +196,7 @@ class Adam(Optimizer):
                     maximize=group["maximize"],
                     foreach=group["foreach"],
                     capturable=group["capturable"],
+                    fused=group["fused"],
                 )
         return loss
 
@@ -206,9 +218,27 @@ def adam(
     maximize: bool = False,
     foreach: bool | None = None,
     capturable: bool = False,
+    fused: bool | None = None,
 ) -> None:
     """Functional Adam: advance each ``steps[i]`` by one and apply the rule
     (:func:`~torch_manual_bp.optim.rules.adam_update_`) on the chosen path."""
+    if fused:
+        _adam_fused_path(
+            params,
+            grads,
+            ms,
+            ss,
+            s_maxs,
+            steps,
+            lr=c.number(lr),
+            beta1=c.number(beta1),
+            beta2=c.number(beta2),
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+        )
+        return
     if foreach is None:
         foreach = c.default_foreach(params)
     # On tensors (no .item()): under capture, and under torch.compile where a Python number
@@ -238,3 +268,39 @@ def adam(
             t += 1
             s_max = s_maxs[i] if amsgrad else None
             adam_update_(w, g, m, s, s_max, t=t if tensor_mode else t.item(), **kw)
+
+
+@torch.compiler.disable  # a ctypes call: run eagerly even inside a compiled step
+def _adam_fused_path(params, grads, ms, ss, s_maxs, steps, *, lr, beta1, beta2, eps, **kw):
+    """One fused kernel call per dtype; the scalars α_t, ε_t are computed here, per tensor."""
+    amsgrad = s_maxs is not None
+    lists = [params, grads, ms, ss, s_maxs if amsgrad else [None] * len(params), steps]
+    for w, g, m, s, s_max, t in c.group_by_device_and_dtype(lists):
+        _fused.check_fusable(w[0])
+        torch._foreach_add_(t, 1)
+        ts = [ti.item() for ti in t]
+        fast = [i for i in range(len(w)) if _fused.fusable(w[i], g[i], m[i], s[i])]
+        rest = sorted(set(range(len(w))) - set(fast))
+        for i in rest:  # non-contiguous: the per-tensor rule, same formulas
+            adam_update_(
+                w[i], g[i], m[i], s[i], s_max[i] if amsgrad else None,
+                t=ts[i], alpha=lr, beta1=beta1, beta2=beta2, eps=eps, **kw,
+            )  # fmt: skip
+        if not fast:
+            continue
+        scalars = [_adam_step_scalars(ts[i], lr, beta1, beta2, eps) for i in fast]
+        _fused.adam_fused_(
+            [w[i] for i in fast],
+            [g[i] for i in fast],
+            [m[i] for i in fast],
+            [s[i] for i in fast],
+            [s_max[i] for i in fast] if amsgrad else None,
+            alpha_t=[a for a, _ in scalars],
+            eps_t=[e for _, e in scalars],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=kw["weight_decay"],
+            decay=1 - lr * kw["weight_decay"],
+            decoupled_weight_decay=kw["decoupled_weight_decay"],
+            maximize=kw["maximize"],
+        )

@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from . import _common as c
+from . import _fused
 from .rules import momentum_update_, momentum_update_foreach_
 
 __all__ = ["Momentum", "momentum"]
@@ -50,6 +51,9 @@ class Momentum(Optimizer):
         maximize: maximize J instead of minimizing it.
         foreach: True: the multi-tensor ``torch._foreach_*`` path; False: the per-tensor
             loop; None: the faster for the device (multi-tensor; see docs/optim.md).
+        fused: True: one pass over each tensor in a C++ kernel built on first use (CPU,
+            float32/float64/bfloat16/float16; needs a C++ compiler, else a clear error).
+            None (default) and False: not used.
 
     Example:
         >>> opt = Momentum(model.parameters(), lr=0.1, momentum=0.9)
@@ -65,13 +69,14 @@ class Momentum(Optimizer):
         weight_decay: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         c.check_lr(lr)
         c.check_beta("momentum", momentum)
         c.check_nonnegative("weight_decay", weight_decay)
         c.check_flag("bias_correction", bias_correction)
         c.check_flag("maximize", maximize)
-        c.check_paths(foreach, None)
+        c.check_paths(foreach, fused)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -79,8 +84,13 @@ class Momentum(Optimizer):
             "weight_decay": weight_decay,
             "maximize": maximize,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
+        if fused:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    _fused.check_fusable(p)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A state_dict or pickle from an older version lacks the newer keys: fill them in.
@@ -90,6 +100,7 @@ class Momentum(Optimizer):
             group.setdefault("weight_decay", 0.0)
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
+            group.setdefault("fused", None)
             for p in group["params"]:
                 st = self.state.get(p, {})
                 if st and not torch.is_tensor(st["step"]):
@@ -135,6 +146,7 @@ class Momentum(Optimizer):
                     weight_decay=group["weight_decay"],
                     maximize=group["maximize"],
                     foreach=group["foreach"],
+                    fused=group["fused"],
                 )
         return loss
 
@@ -151,9 +163,23 @@ def momentum(
     weight_decay: float = 0.0,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
 ) -> None:
     """Functional Momentum: advance each ``steps[i]`` by one and apply the rule
     (:func:`~torch_manual_bp.optim.rules.momentum_update_`) on the chosen path."""
+    if fused:
+        _momentum_fused_path(
+            params,
+            grads,
+            ms,
+            steps,
+            lr=c.number(lr),
+            beta=c.number(momentum),
+            bias_correction=bias_correction,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
+        return
     if foreach is None:
         foreach = c.default_foreach(params)
     tensor_mode = c.is_compiling()  # no .item() under torch.compile: it would recompile
@@ -174,3 +200,27 @@ def momentum(
         for w, g, m, t in zip(params, grads, ms, steps, strict=True):
             t += 1
             momentum_update_(w, g, m, t=t if tensor_mode else t.item(), **kw)
+
+
+@torch.compiler.disable  # a ctypes call: run eagerly even inside a compiled step
+def _momentum_fused_path(params, grads, ms, steps, *, lr, beta, bias_correction, **kw):
+    """One fused kernel call per dtype; the step α (or α/(1 − βᵗ)) is computed per tensor."""
+    for w, g, m, t in c.group_by_device_and_dtype([params, grads, ms, steps]):
+        _fused.check_fusable(w[0])
+        torch._foreach_add_(t, 1)
+        ts = [ti.item() for ti in t]
+        fast = [i for i in range(len(w)) if _fused.fusable(w[i], g[i], m[i])]
+        for i in sorted(set(range(len(w))) - set(fast)):  # non-contiguous: per-tensor rule
+            momentum_update_(
+                w[i], g[i], m[i], t=ts[i], alpha=lr, beta=beta,
+                bias_correction=bias_correction, **kw,
+            )  # fmt: skip
+        if fast:
+            _fused.momentum_fused_(
+                [w[i] for i in fast],
+                [g[i] for i in fast],
+                [m[i] for i in fast],
+                step=[lr / (1 - beta ** ts[i]) if bias_correction else lr for i in fast],
+                beta=beta,
+                **kw,
+            )
