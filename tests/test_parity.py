@@ -330,6 +330,10 @@ def test_loss_fn_and_reference_loss_fn():
     assert {r.name for r in report.failures} == {r.name for r in report.rows} - {"output"}
     assert report["loss"].factor == pytest.approx(16)
     assert "'loss' is m = 16 times the reference's" in report.diagnosis
+    with pytest.raises(
+        ValueError, match=r"loss_fn must return a scalar tensor J, got a tensor of shape \(16, 1\)"
+    ):
+        compare_gradients(net, net.to_torch(), X, Y, lambda z, y: z)
 
 
 def test_report_table_is_aligned_and_converts_to_a_dict():

@@ -182,7 +182,7 @@ def _fmt(x: float) -> str:
 
 def _table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     """An aligned text table: columns padded to their widest cell, a rule under the header."""
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*headers).rstrip(), "  ".join("-" * w for w in widths)]
     out += [fmt.format(*line).rstrip() for line in lines]
@@ -466,6 +466,9 @@ def _forward_backward(
     """output, J, dJ/dw per parameter, dJ/dX per input, without touching any ``.grad``."""
     output = module(*inputs)
     J = loss_fn(output, target)
+    if not (isinstance(J, Tensor) and J.numel() == 1):
+        what = f"a tensor of shape {tuple(J.shape)}" if isinstance(J, Tensor) else repr(J)
+        raise ValueError(f"loss_fn must return a scalar tensor J, got {what}")
     leaves = [p for p in params if p.requires_grad]
     xs = [x for x in inputs if isinstance(x, Tensor) and x.requires_grad]
     grads = torch.autograd.grad(J, leaves + xs, allow_unused=True) if leaves or xs else ()
@@ -1294,6 +1297,8 @@ def backprop_trace(
         Y = Y.reshape(-1, 1)  # the lecture's row vector y as a column of targets
     if Y.shape != (X.shape[0], n_out):
         raise ValueError(f"Y must have shape ({X.shape[0]}, {n_out}), got {tuple(Y.shape)}")
+    if X.device != W0.device:
+        raise ValueError(f"X is on {X.device} but the MLP's weights are on {W0.device}")
     X = X.to(W0.dtype)
     Y = Y.to(device=X.device, dtype=W0.dtype)
     Ws = [m.weight.detach() for m in linears]
