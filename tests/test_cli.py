@@ -149,3 +149,15 @@ def test_help_lists_the_subcommands(capsys):
                    "--device", "--logdir", "--run-name", "--data", "--target", "--checkpoint",
                    "--resume", "--check-parity-every", "--compile", "--amp"):  # fmt: skip
         assert option in out
+
+
+def test_importing_the_package_and_cli_pulls_no_training_extras():
+    code = (
+        "import sys, torch_manual_bp, torch_manual_bp.cli, torch_manual_bp.train, "
+        "torch_manual_bp.data, torch_manual_bp.tensorboard, torch_manual_bp.compare\n"
+        "extras = ('tensorboard', 'sklearn', 'matplotlib')  # torch itself imports tqdm\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in extras))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
