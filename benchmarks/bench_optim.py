@@ -18,6 +18,8 @@ A benchmark runner can call ``run(quick) -> list[dict]`` and ``markdown_table(ro
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import platform
 import statistics
 import time
@@ -97,28 +99,50 @@ def _cases(fused_available: bool) -> list[Case]:
     return cases
 
 
-def copy_seconds_per_pass(device: str = "cpu", samples: int = 15) -> float:
-    """Seconds to move the whole parameter set once (read or write), from timing ``copy_``."""
-    src = torch.randn(N_TENSORS * NUMEL, device=device)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(samples):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(3):
-            dst.copy_(src)
-        _sync(device)
-        times.append((time.perf_counter() - t0) / 3)
-    return min(times) / 2  # a copy reads once and writes once; the fastest is the hardware
+def seconds_per_pass(device: str = "cpu", samples: int = 15) -> dict[str, float]:
+    """Seconds to move the whole parameter set (N_TENSORS x NUMEL float32) once through memory.
+
+    Measured two ways on one tensor as large as all the parameters together; the fastest of
+    several repeats is the hardware (interference only ever adds time):
+
+    - ``inplace``: ``a.add_(b)`` reads a and b and writes a back in place, 3 passes, the same
+      read-modify-write pattern as an optimizer step. This is the floor's unit.
+    - ``copy``: ``dst.copy_(src)``, counted as 2 passes (read, write). It reads lower than
+      the in-place figure because writing to a line not yet in cache first reads it
+      (write-allocate), so it is reported for reference only.
+    """
+    a = torch.randn(N_TENSORS * NUMEL, device=device)
+    b = torch.randn_like(a)
+    dst = torch.empty_like(a)
+    out = {}
+    for name, fn, passes in (
+        ("inplace", lambda: a.add_(b, alpha=1e-12), 3),
+        ("copy", lambda: dst.copy_(b), 2),
+    ):
+        fn()
+        times = []
+        for _ in range(samples):
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                fn()
+            _sync(device)
+            times.append((time.perf_counter() - t0) / 3)
+        out[name] = min(times) / passes
+    return out
 
 
 def _time_steps(opt: torch.optim.Optimizer, steps: int, device: str) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        opt.step()
-    _sync(device)
-    return (time.perf_counter() - t0) / steps
+    gc.disable()  # a collection inside one side of a pair would skew its ratio
+    try:
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            opt.step()
+        _sync(device)
+        return (time.perf_counter() - t0) / steps
+    finally:
+        gc.enable()
 
 
 def _fused_available() -> bool:
@@ -132,7 +156,7 @@ def _fused_available() -> bool:
 def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     """Time every case against its twin; one dict per case (times in milliseconds)."""
     samples, steps = (7, 3) if quick else (31, 5)
-    per_pass = copy_seconds_per_pass(device)
+    per_pass = seconds_per_pass(device)["inplace"]
     rows = []
     for name, ours_fn, theirs_fn, passes in _cases(_fused_available()):
         ours = ours_fn(_params(0, device, torch.float32))
@@ -150,6 +174,8 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
         rows.append(
             {
                 "case": name,
+                "ours_min_ms": 1e3 * min(t_ours),
+                "torch_min_ms": 1e3 * min(t_theirs),
                 "ours_ms": 1e3 * statistics.median(t_ours),
                 "ours_iqr_ms": 1e3 * _iqr(t_ours),
                 "torch_ms": 1e3 * statistics.median(t_theirs),
@@ -163,27 +189,87 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     return rows
 
 
+def path_choice(quick: bool = False) -> list[dict]:
+    """Our per-tensor vs our multi-tensor path at several tensor sizes on CPU: the
+    measurement behind ``foreach=None`` (docs/optim.md). Same total traffic, different
+    Python overhead."""
+    samples, steps = (7, 3) if quick else (21, 5)
+    rows = []
+    for cls, kw in ((Adam, {"lr": LR}), (Momentum, {"lr": LR, "momentum": BETA})):
+        for n, numel in ((200, 1_000), (50, 20_000), (20, 500_000)):
+            opts = []
+            for foreach in (False, True):
+                g = torch.Generator().manual_seed(0)
+                ps = [torch.randn(numel, generator=g).requires_grad_() for _ in range(n)]
+                for p in ps:
+                    p.grad = torch.randn(numel, generator=g) * 1e-2
+                opts.append(cls(ps, foreach=foreach, **kw))
+            for o in opts:
+                _time_steps(o, 3, "cpu")
+            loop, multi = [], []
+            for i in range(samples):
+                pair = [(opts[0], loop), (opts[1], multi)]
+                for o, out in pair if i % 2 == 0 else pair[::-1]:
+                    out.append(_time_steps(o, steps, "cpu"))
+            rows.append(
+                {
+                    "optimizer": cls.__name__,
+                    "tensors": f"{n} x {numel}",
+                    "per_tensor_ms": 1e3 * statistics.median(loop),
+                    "multi_tensor_ms": 1e3 * statistics.median(multi),
+                    "multi_over_per": statistics.median(
+                        [b / a for a, b in zip(loop, multi, strict=True)]
+                    ),
+                }
+            )
+    return rows
+
+
+def path_choice_table(rows: list[dict]) -> str:
+    head = (
+        "| optimizer | tensors | per-tensor ms | multi-tensor ms | multi/per |\n"
+        "|---|---|---|---|---|\n"
+    )
+    return head + "".join(
+        f"| {r['optimizer']} | {r['tensors']} | {r['per_tensor_ms']:.2f} "
+        f"| {r['multi_tensor_ms']:.2f} | {r['multi_over_per']:.2f} |\n"
+        for r in rows
+    )
+
+
 def _iqr(xs: list[float]) -> float:
     q = statistics.quantiles(xs, n=4)
     return q[2] - q[0]
 
 
 def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    bw = seconds_per_pass()
+    gbs = {k: N_TENSORS * NUMEL * 4 / v / 1e9 for k, v in bw.items()}
     return (
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {N_TENSORS} tensors x {NUMEL} float32"
+        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {N_TENSORS} tensors x {NUMEL} float32; "
+        f"bandwidth {gbs['inplace']:.1f} GB/s in place (floor unit), {gbs['copy']:.1f} GB/s copy_"
     )
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """Median (IQR) and fastest step in ms; ours/torch is the median of paired ratios."""
     head = (
-        "| case | ours ms (IQR) | torch ms (IQR) | ours/torch | floor ms | ours/floor "
-        "| torch/floor |\n|---|---|---|---|---|---|---|\n"
+        "| case | ours ms median (IQR) | ours min | torch ms median (IQR) | torch min "
+        "| ours/torch | floor ms | ours/floor | torch/floor |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
-        f"| {r['case']} | {r['ours_ms']:.2f} ({r['ours_iqr_ms']:.2f}) "
-        f"| {r['torch_ms']:.2f} ({r['torch_iqr_ms']:.2f}) | {r['ratio']:.2f} "
-        f"| {r['floor_ms']:.2f} | {r['ours_over_floor']:.2f} | {r['torch_over_floor']:.2f} |\n"
+        f"| {r['case']} | {r['ours_ms']:.2f} ({r['ours_iqr_ms']:.2f}) | {r['ours_min_ms']:.2f} "
+        f"| {r['torch_ms']:.2f} ({r['torch_iqr_ms']:.2f}) | {r['torch_min_ms']:.2f} "
+        f"| {r['ratio']:.2f} | {r['floor_ms']:.2f} | {r['ours_over_floor']:.2f} "
+        f"| {r['torch_over_floor']:.2f} |\n"
         for r in rows
     )
     return head + body
@@ -192,10 +278,17 @@ def markdown_table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(quick=args.quick)
     print(machine())
+    print()
     print(markdown_table(rows))
+    print("foreach=None on CPU: our two paths (median of paired ratios)")
+    print()
+    print(path_choice_table(path_choice(quick=args.quick)))
 
 
 if __name__ == "__main__":

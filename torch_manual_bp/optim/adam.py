@@ -279,7 +279,11 @@ def _adam_fused_path(params, grads, ms, ss, s_maxs, steps, *, lr, beta1, beta2, 
         _fused.check_fusable(w[0])
         torch._foreach_add_(t, 1)
         ts = [ti.item() for ti in t]
-        fast = [i for i in range(len(w)) if _fused.fusable(w[i], g[i], m[i], s[i])]
+        fast = [
+            i
+            for i in range(len(w))
+            if _fused.fusable(w[i], g[i], m[i], s[i], *([s_max[i]] if amsgrad else []))
+        ]
         rest = sorted(set(range(len(w))) - set(fast))
         for i in rest:  # non-contiguous: the per-tensor rule, same formulas
             adam_update_(
