@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -105,7 +106,7 @@ def _generic_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def optim_section(quick: bool) -> str:
+def optim_section(quick: bool, device: str) -> str:
     """The optimizer engineer's ``benchmarks/bench_optim.py``, however far it has got."""
     try:
         from benchmarks import bench_optim
@@ -114,7 +115,7 @@ def optim_section(quick: bool) -> str:
     run = getattr(bench_optim, "run", None)
     if run is None:
         return "_Not run: benchmarks/bench_optim.py has no `run(quick)`._"
-    result = run(quick=quick)
+    result = run(quick=quick) if device == "cpu" else run(quick=quick, device=device)
     for name in ("markdown", "table", "markdown_table", "format_table"):
         fmt = getattr(bench_optim, name, None)
         if callable(fmt):
@@ -124,55 +125,50 @@ def optim_section(quick: bool) -> str:
     return _generic_table(list(result))
 
 
-def run_all(quick: bool, compile_: bool) -> tuple[str, dict]:
-    """All sections as markdown, plus the raw rows."""
+def run_all(quick: bool, compile_: bool, device: str = "cpu") -> tuple[str, dict]:
+    """All sections as markdown, plus the raw rows and each section's seconds."""
     rounds, block = (7, 0.02) if quick else (21, 0.05)
+    timing = {"rounds": rounds, "min_block_s": block}
     out: list[str] = []
-    raw: dict = {}
+    raw: dict = {"section_seconds": {}}
+    t_all = time.perf_counter()
 
-    def section(title: str, body: str) -> None:
+    def section(title: str, make) -> None:
+        t0 = time.perf_counter()
+        body = make()
+        raw["section_seconds"][title] = round(time.perf_counter() - t0, 1)
         text = f"## {title}\n\n{body}\n"
-        print(text, flush=True)
+        print(text + f"\n({raw['section_seconds'][title]:.0f} s)\n", flush=True)
         out.append(text)
 
-    t0 = time.perf_counter()
-    rows = bench_mlp.bench_fwd_bwd(compiled=False, rounds=rounds, min_block_s=block)
-    raw["fwd_bwd_eager"] = rows
-    section(
-        "MLP forward + backward, eager",
-        bench_mlp.fwd_bwd_table(rows, FWD_BWD_TARGETS) + "\n\n" + _FWD_BWD_LEGEND,
-    )
+    def fwd_bwd(compiled: bool) -> str:
+        sizes = bench_mlp.SIZES[:1] if (quick and compiled) else bench_mlp.SIZES
+        rows = bench_mlp.bench_fwd_bwd(compiled=compiled, sizes=sizes, device=device, **timing)
+        raw["fwd_bwd_compiled" if compiled else "fwd_bwd_eager"] = rows
+        text = bench_mlp.fwd_bwd_table(rows, FWD_BWD_TARGETS) + "\n\n" + _FWD_BWD_LEGEND
+        if compiled:
+            text += (
+                " Compiled: `torch.compile(lambda x, y: loss(model(x), y))` on both sides, "
+                "default mode; compilation is not timed."
+                + (" (`--quick`: the small size only.)" if quick else "")
+            )
+        return text
 
+    def saved() -> str:
+        rows = raw["saved_bytes"] = bench_mlp.bench_saved_bytes(device=device)
+        return bench_mlp.saved_bytes_table(rows, SAVED_BYTES_TARGET) + "\n\n" + _SAVED_LEGEND
+
+    def epoch() -> str:
+        r = raw["epoch"] = bench_mlp.bench_epoch(**timing)
+        return bench_mlp.epoch_table(r) + "\n\n" + _EPOCH_LEGEND
+
+    section("MLP forward + backward, eager", lambda: fwd_bwd(False))
     if compile_:
-        sizes = bench_mlp.SIZES[:1] if quick else bench_mlp.SIZES
-        rows = bench_mlp.bench_fwd_bwd(compiled=True, sizes=sizes, rounds=rounds, min_block_s=block)
-        raw["fwd_bwd_compiled"] = rows
-        section(
-            "MLP forward + backward, torch.compile",
-            bench_mlp.fwd_bwd_table(rows, FWD_BWD_TARGETS)
-            + "\n\nBoth sides: `torch.compile(lambda x, y: loss(model(x), y))`, default "
-            "mode; compilation is not timed." + (" (`--quick`: small size only.)" if quick else ""),
-        )
-
-    rows = bench_mlp.bench_saved_bytes()
-    raw["saved_bytes"] = rows
-    section(
-        "Bytes saved for backward, per forward",
-        bench_mlp.saved_bytes_table(rows, SAVED_BYTES_TARGET) + "\n\n" + _SAVED_LEGEND,
-    )
-
-    section("Optimizer step", optim_section(quick))
-
-    r = bench_mlp.bench_epoch(rounds=rounds, min_block_s=block)
-    raw["epoch"] = r
-    section(
-        "One epoch of the training command's model and data",
-        bench_mlp.epoch_table(r)
-        + "\n\nOne epoch = zero_grad, forward, loss, backward and an Adam step for every "
-        "mini-batch of a fixed permutation; torch's side is the `to_torch()` twin, "
-        "`F.binary_cross_entropy_with_logits` and `torch.optim.Adam` (defaults).",
-    )
-    raw["seconds"] = time.perf_counter() - t0
+        section("MLP forward + backward, torch.compile", lambda: fwd_bwd(True))
+    section("Bytes saved for backward, per forward", saved)
+    section("Optimizer step", lambda: optim_section(quick, device))
+    section("One epoch of the training command's model and data (CPU)", epoch)
+    raw["seconds"] = time.perf_counter() - t_all
     return "\n".join(out), raw
 
 
@@ -183,13 +179,24 @@ _FWD_BWD_LEGEND = (
     "`relu_grad_at_zero=0` (PyTorch's mask). Same weights, same data. Times are medians over "
     "rounds [interquartile range]; ratios are medians of the per-round ratios [IQR]."
 )
+_EPOCH_LEGEND = (
+    "One epoch = zero_grad, forward, loss, backward and an Adam step for every mini-batch of a "
+    "fixed permutation of the training split; torch's side is the `to_torch()` twin, "
+    "`F.binary_cross_entropy_with_logits` and `torch.optim.Adam` (defaults)."
+)
 _SAVED_LEGEND = (
     "Distinct storages reaching `torch.autograd.graph.saved_tensors_hooks` during one forward "
     "(model + loss), parameters excluded; the input and target are counted on both sides."
 )
 
 
-def render(body: str, info: dict[str, str], quick: bool, seconds: float) -> str:
+def render(
+    body: str,
+    info: dict[str, str],
+    quick: bool,
+    seconds: float,
+    section_seconds: dict[str, float] | None = None,
+) -> str:
     lines = [
         "# Benchmarks: torch_manual_bp against PyTorch's built-ins",
         "",
@@ -201,6 +208,14 @@ def render(body: str, info: dict[str, str], quick: bool, seconds: float) -> str:
         "## Machine",
         "",
         *[f"- {k}: {v}" for k, v in info.items()],
+        *(
+            [
+                "- seconds per section: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in section_seconds.items())
+            ]
+            if section_seconds
+            else []
+        ),
         "",
         body,
     ]
@@ -214,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds; compiled at small only")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the MLP and "
+                   "optimizer benchmarks run (the epoch stays on CPU)")  # fmt: skip
+    p.add_argument("--json", type=Path, default=None, help="also write the raw rows here")
     p.add_argument(
         "--out",
         type=Path,
@@ -227,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     info = machine()
     print("\n".join(f"{k}: {v}" for k, v in info.items()), end="\n\n", flush=True)
-    body, raw = run_all(args.quick, compile_=not args.no_compile)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available on this machine")
+    body, raw = run_all(args.quick, compile_=not args.no_compile, device=args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(body, info, args.quick, raw["seconds"]))
+    args.out.write_text(render(body, info, args.quick, raw["seconds"], raw["section_seconds"]))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"machine": info, **raw}, indent=1, default=str))
     print(f"wrote {args.out} ({raw['seconds']:.0f} s)")
     return 0
 
