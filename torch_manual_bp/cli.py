@@ -227,6 +227,10 @@ def _config_from_args(args: argparse.Namespace):
     )
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _percent(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -236,8 +240,8 @@ def format_summary(result) -> str:
     cfg = result.config
     lines = [
         f"Trained MLP {[*_sizes(result)]} with {cfg.optimizer} (lr {cfg.lr:g}, batch "
-        f"{cfg.batch_size}) for {result.epochs} epochs, {result.steps} steps, "
-        f"{result.seconds:.1f} s on {result.device}"
+        f"{cfg.batch_size}) for {_plural(result.epochs, 'epoch')}, "
+        f"{_plural(result.steps, 'step')}, {result.seconds:.1f} s on {result.device}"
         + (f" x {result.world_size} processes" if result.world_size > 1 else ""),
         f"  train  loss {result.train_loss:.4f}  accuracy {_percent(result.train_accuracy)}",
         f"  val    loss {result.val_loss:.4f}  accuracy {_percent(result.val_accuracy)}",
@@ -319,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(err_text, EXIT_DIVERGED)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BrokenPipeError:  # e.g. `... | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (keeps the exit-time flush quiet)
+        return 0
 
 
 if __name__ == "__main__":

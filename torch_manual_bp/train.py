@@ -622,6 +622,7 @@ class _LoopState:
         )
 
     def run(self, data, start_epoch: int, on_epoch) -> int:
+        """The epochs from ``start_epoch`` on; returns the number of completed epochs."""
         cfg = self.cfg
         m = data.x_train.shape[0]
         steps_per_epoch = math.ceil(m / cfg.batch_size)
@@ -636,7 +637,7 @@ class _LoopState:
                 order = torch.randperm(m, generator=self.shuffle).to(self.device)
                 for first in range(0, m, cfg.batch_size):
                     if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                        break
+                        return epoch  # stopped inside an epoch: no epoch end, no checkpoint
                     idx = order[first : first + cfg.batch_size]
                     last = first + cfg.batch_size >= m
                     hist = last and cfg.histograms and self._histogram_epoch(epoch + 1)
