@@ -68,12 +68,12 @@ CSV_ERRORS = [
     pytest.param("a,b,y\n1,2,0\n3,nan,1\n", "d.csv:3:2: non-finite value 'nan'", id="nan-cell"),
     pytest.param("a,b,y\n1,2,0\n3,4\n", "d.csv:3:3: expected 3 comma-separated", id="ragged-row"),
     pytest.param(
-        "a,b,y\n1,2,1\n3,4,1\n", "target column 'y' must hold exactly two distinct values",
+        "a,b,y\n1,2,1\n3,4,1\n", "d.csv:2:3: target column 'y' must hold exactly two",
         id="one-class",
     ),
     pytest.param(
-        "a,b,y\n1,2,0\n3,4,1\n5,6,2\n", "exactly two distinct values (binary classification), "
-        "found 3: 0, 1, 2", id="three-classes",
+        "a,b,y\n1,2,0\n3,4,1\n5,6,2\n", "d.csv:4:3: target column 'y' must hold exactly two "
+        "distinct values (binary classification), found 3: 0, 1, 2", id="three-classes",
     ),
     pytest.param("y\n1\n0\n", "d.csv:1:1: the target 'y' is the only column", id="no-features"),
     pytest.param("a,y\n1,0\n2,1\n3,1\n", "cannot split into train/validation", id="too-few-rows"),

@@ -148,14 +148,22 @@ def _parse_cell(path: str, line: int, col: int, name: str, cell: str) -> float:
     return value
 
 
-def _binary_target(path: str, target: str, col: int, values: list[float]) -> tuple:
-    """Map the target's two distinct values to y ∈ {0, 1} (smaller → 0)."""
-    distinct = sorted(set(values))
+def _binary_target(path: str, target: str, col: int, values: list[float], lines: list[int]):
+    """Map the target's two distinct values to y ∈ {0, 1} (smaller → 0).
+
+    A third distinct value is reported at the line where it first appears; a single value
+    at the first data line.
+    """
+    first_line: dict[float, int] = {}
+    for v, line in zip(values, lines, strict=True):
+        first_line.setdefault(v, line)
+    distinct = sorted(first_line)
     if len(distinct) != 2:
         shown = ", ".join(f"{v:g}" for v in distinct[:5]) + (", ..." if len(distinct) > 5 else "")
+        where = sorted(first_line.values())[2] if len(distinct) > 2 else lines[0]
         raise DataError(
-            f"{path}:2:{col}: target column {target!r} must hold exactly two distinct values "
-            f"(binary classification), found {len(distinct)}: {shown}"
+            f"{path}:{where}:{col}: target column {target!r} must hold exactly two distinct "
+            f"values (binary classification), found {len(distinct)}: {shown}"
         )
     y = torch.tensor([float(v == distinct[1]) for v in values], dtype=torch.float64)
     return y, [f"{v:g}" for v in distinct]
@@ -184,7 +192,7 @@ def load_csv(path: str | os.PathLike, target: str, *, val_fraction: float = 0.2,
     t_col = header.index(target)
     if len(header) < 2:
         raise DataError(f"{path}:1:1: the target {target!r} is the only column: no features")
-    feats, ys = [], []
+    feats, ys, lines = [], [], []
     for i, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue  # blank line
@@ -196,9 +204,10 @@ def load_csv(path: str | os.PathLike, target: str, *, val_fraction: float = 0.2,
         values = [_parse_cell(path, i, j + 1, header[j], c.strip()) for j, c in enumerate(row)]
         ys.append(values.pop(t_col))
         feats.append(values)
+        lines.append(i)
     if not feats:
         raise DataError(f"{path}:2:1: no data rows after the header")
-    y, classes = _binary_target(path, target, t_col + 1, ys)
+    y, classes = _binary_target(path, target, t_col + 1, ys, lines)
     return split_and_standardise(
         torch.tensor(feats, dtype=torch.float64),
         y,
