@@ -302,6 +302,24 @@ def test_momentum_bias_correction_per_param_t(foreach, device):
                 )
 
 
+@pytest.mark.parametrize("kind", ["adam", "momentum"])
+def test_multi_tensor_cpu_batches(kind, monkeypatch):
+    """On CPU the multi-tensor path works through the list in bounded batches (so that its
+    temporaries stay small); with a tiny batch size every batch boundary is crossed."""
+    from torch_manual_bp.optim import _common
+
+    monkeypatch.setattr(_common, "CPU_BATCH_NUMEL", 10)
+    sc = SCENARIOS["groups"]
+    assert _common.batches([torch.zeros(4), torch.zeros(5), torch.zeros(30), torch.zeros(1)]) == [
+        [0, 1],
+        [2],
+        [3],
+    ]
+    opts = {"lr": 0.01, "foreach": True}
+    opts.update({"amsgrad": True} if kind == "adam" else {"bias_correction": True})
+    run_parity(kind, opts, sc)
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("kind", ["adam", "momentum"])
 def test_parity_complex(kind, foreach, device):

@@ -12,11 +12,16 @@ from .._validation import check_in_range, check_nonnegative
 
 # foreach=None: the multi-tensor path where it measured faster than the per-tensor loop.
 # CUDA: one launch per op for the whole list instead of one per tensor (PyTorch's default too).
-# CPU: PyTorch's foreach kernels run a C++ loop over the per-tensor kernels, so the two paths
-# move the same bytes; the multi-tensor one saves the Python overhead of ~8 calls per tensor,
-# which wins for many small tensors and ties for large ones (benchmarks/bench_optim.py,
-# docs/optim.md). So we pick it on every device. (PyTorch defaults to its for-loop on CPU.)
+# CPU: PyTorch's foreach kernels run a C++ loop over the per-tensor kernels, so both paths move
+# the same bytes; the multi-tensor one saves the Python overhead of ~8 calls per tensor, which
+# wins for many small tensors. But it allocates the temporaries (√s, ...) for the whole list at
+# once, and tens of MB allocated and freed every step go back to the OS and fault in again:
+# on 100 x 50k float32 it measured 1.8x slower than the loop. So on CPU the multi-tensor path
+# works through the list in batches of at most CPU_BATCH_NUMEL elements (a tensor larger than
+# that is a batch of its own); then it is never slower than the loop (benchmarks/bench_optim.py,
+# docs/optim.md), and it is the default on every device. (PyTorch defaults to its loop on CPU.)
 _FOREACH_DEVICES = ("cpu", "cuda", "xpu", "mps")
+CPU_BATCH_NUMEL = 1 << 18
 
 
 def default_foreach(params: Sequence[Tensor]) -> bool:
@@ -39,6 +44,49 @@ def group_by_device_and_dtype(tensorlists: list[list]) -> list[list[list]]:
     ``torch._foreach_*`` kernel accepts."""
     grouped = Optimizer._group_tensors_by_device_and_dtype(tensorlists)
     return [lists for lists, _ in grouped.values()]
+
+
+def batches(tensors: list[Tensor]) -> list[list[int]]:
+    """Index lists that split one device's multi-tensor work: the whole list on accelerators
+    and under torch.compile; on CPU consecutive runs of at most CPU_BATCH_NUMEL elements."""
+    whole = [list(range(len(tensors)))]
+    if is_compiling() or tensors[0].device.type != "cpu" or len(tensors) == 1:
+        return whole
+    numels = [t.numel() for t in tensors]
+    if sum(numels) <= CPU_BATCH_NUMEL:
+        return whole
+    out, cur, size = [], [], 0
+    for i, n in enumerate(numels):
+        if cur and size + n > CPU_BATCH_NUMEL:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += n
+    out.append(cur)
+    return out
+
+
+def increment(steps: list[Tensor]) -> None:
+    """t ← t + 1 for a list of step counters of one device."""
+    if not is_compiling() and steps[0].is_cpu:
+        # A CPU tensor as the scalar takes the fast overload; a Python 1 would be wrapped into a
+        # tensor once per counter (PyTorch's optimizers use the same trick).
+        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+    else:
+        torch._foreach_add_(steps, 1)
+
+
+def increment_all(steps: list[Tensor]) -> None:
+    """t ← t + 1 for step counters that may live on several devices (capturable)."""
+    if all(t.is_cpu for t in steps):
+        increment(steps)
+    else:
+        for t in steps:
+            t += 1
+
+
+def pick(xs: list | None, idx: list[int]) -> list | None:
+    return None if xs is None else [xs[i] for i in idx]
 
 
 def scalar_dtype() -> torch.dtype:

@@ -150,12 +150,20 @@ class Adam(Optimizer):
                 state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if group["amsgrad"]:
                     state["s_max"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            w.append(c.as_real(p))
-            g.append(c.as_real(p.grad))
-            m.append(c.as_real(state["m"]))
-            s.append(c.as_real(state["s"]))
-            if group["amsgrad"]:
-                s_max.append(c.as_real(state["s_max"]))
+            if p.is_complex():  # updated as real and imaginary parts, like PyTorch
+                w.append(c.as_real(p))
+                g.append(c.as_real(p.grad))
+                m.append(c.as_real(state["m"]))
+                s.append(c.as_real(state["s"]))
+                if group["amsgrad"]:
+                    s_max.append(c.as_real(state["s_max"]))
+            else:
+                w.append(p)
+                g.append(p.grad)
+                m.append(state["m"])
+                s.append(state["s"])
+                if group["amsgrad"]:
+                    s_max.append(state["s_max"])
             t.append(state["step"])
         return w, g, m, s, (s_max if group["amsgrad"] else None), t
 
@@ -260,12 +268,16 @@ def adam(
     if foreach:
         lists = [params, grads, ms, ss, s_maxs if amsgrad else [None] * len(params), steps]
         for w, g, m, s, s_max, t in c.group_by_device_and_dtype(lists):
-            torch._foreach_add_(t, 1)
+            c.increment(t)
             ts = t if tensor_mode else [ti.item() for ti in t]
-            adam_update_foreach_(w, g, m, s, s_max if amsgrad else None, t=ts, **kw)
+            s_max = s_max if amsgrad else None
+            for b in c.batches(w):
+                adam_update_foreach_(
+                    *(c.pick(x, b) for x in (w, g, m, s, s_max)), t=c.pick(ts, b), **kw
+                )
     else:
+        c.increment_all(steps)
         for i, (w, g, m, s, t) in enumerate(zip(params, grads, ms, ss, steps, strict=True)):
-            t += 1
             s_max = s_maxs[i] if amsgrad else None
             adam_update_(w, g, m, s, s_max, t=t if tensor_mode else t.item(), **kw)
 
@@ -277,7 +289,7 @@ def _adam_fused_path(params, grads, ms, ss, s_maxs, steps, *, lr, beta1, beta2, 
     lists = [params, grads, ms, ss, s_maxs if amsgrad else [None] * len(params), steps]
     for w, g, m, s, s_max, t in c.group_by_device_and_dtype(lists):
         _fused.check_fusable(w[0])
-        torch._foreach_add_(t, 1)
+        c.increment(t)
         ts = [ti.item() for ti in t]
         fast = [
             i

@@ -118,9 +118,14 @@ class Momentum(Optimizer):
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=c.scalar_dtype())
                 state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            w.append(c.as_real(p))
-            g.append(c.as_real(p.grad))
-            m.append(c.as_real(state["m"]))
+            if p.is_complex():  # updated as real and imaginary parts, like PyTorch
+                w.append(c.as_real(p))
+                g.append(c.as_real(p.grad))
+                m.append(c.as_real(state["m"]))
+            else:
+                w.append(p)
+                g.append(p.grad)
+                m.append(state["m"])
             t.append(state["step"])
         return w, g, m, t
 
@@ -193,13 +198,15 @@ def momentum(
     )
     if foreach:
         for w, g, m, t in c.group_by_device_and_dtype([params, grads, ms, steps]):
-            torch._foreach_add_(t, 1)
+            c.increment(t)
             ts = t if tensor_mode else [ti.item() for ti in t]
-            momentum_update_foreach_(w, g, m, t=ts, **kw)
+            for b in c.batches(w):
+                momentum_update_foreach_(*(c.pick(x, b) for x in (w, g, m)), t=c.pick(ts, b), **kw)
     else:
+        c.increment_all(steps)
         for w, g, m, t in zip(params, grads, ms, steps, strict=True):
-            t += 1
-            momentum_update_(w, g, m, t=t if tensor_mode else t.item(), **kw)
+            t_now = t if tensor_mode or not bias_correction else t.item()  # t only for m̂
+            momentum_update_(w, g, m, t=t_now, **kw)
 
 
 @torch.compiler.disable  # a ctypes call: run eagerly even inside a compiled step
@@ -207,7 +214,7 @@ def _momentum_fused_path(params, grads, ms, steps, *, lr, beta, bias_correction,
     """One fused kernel call per dtype; the step α (or α/(1 − βᵗ)) is computed per tensor."""
     for w, g, m, t in c.group_by_device_and_dtype([params, grads, ms, steps]):
         _fused.check_fusable(w[0])
-        torch._foreach_add_(t, 1)
+        c.increment(t)
         ts = [ti.item() for ti in t]
         fast = [i for i in range(len(w)) if _fused.fusable(w[i], g[i], m[i])]
         for i in sorted(set(range(len(w))) - set(fast)):  # non-contiguous: per-tensor rule
