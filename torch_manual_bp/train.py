@@ -446,6 +446,8 @@ def train(
 
 def _train(config, rank, world, local_rank, on_epoch) -> TrainResult:
     device = _resolve_device(config.device, local_rank)
+    if device.type == "cuda" and world > 1:
+        torch.cuda.set_device(device)  # nccl's collectives run on the current device
     data = _load_data(config).to(device)
     cfg = config.resolved(data.x_train.shape[0])
     amp_dtype = _amp_dtype(cfg, device)
@@ -462,7 +464,7 @@ def _train(config, rank, world, local_rank, on_epoch) -> TrainResult:
 
     saved = None
     if cfg.resume:
-        saved = load_checkpoint(cfg.resume, map_location=device)
+        saved = load_checkpoint(cfg.resume)  # on the CPU: load_state_dict moves what it needs
         _check_resume_matches(cfg.resume, saved["config"], cfg)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
