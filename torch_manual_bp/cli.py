@@ -144,6 +144,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", metavar="PATH", help="continue from a checkpoint (same settings, more --epochs)"
     )
+    p.add_argument(
+        "--relu-grad-at-zero",
+        type=int,
+        choices=[0, 1],
+        default=1,
+        help="ReLU derivative at Z = 0: 1 = the lecture's 1{Z>=0}, 0 = PyTorch's",
+    )
     p.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")
     p.add_argument(
         "--check-parity-every",
@@ -223,6 +230,7 @@ def _config_from_args(args: argparse.Namespace):
         compile_backend=args.compile_backend,
         amp=args.amp or args.amp_dtype is not None,
         amp_dtype=args.amp_dtype,
+        relu_grad_at_zero=args.relu_grad_at_zero,
         progress=not args.no_progress,
     )
 
