@@ -161,3 +161,10 @@ def test_importing_the_package_and_cli_pulls_no_training_extras():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_progress_bar_on_stderr(capsys):
+    status, out, err = _run(["train", "--optimizer", "gd", "--epochs", "3", "--logdir", ""],
+                            capsys)  # fmt: skip
+    assert status == 0 and "Trained MLP" in out
+    assert "train gd" in err and "3/3" in err and "loss=" in err
