@@ -106,7 +106,24 @@ def _generic_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def optim_section(quick: bool, device: str) -> str:
+def _optim_target_line(rows: list) -> str:
+    """The issue's optimizer target, read off the multi-tensor rows (if the rows say)."""
+    hits = [
+        r
+        for r in rows
+        if isinstance(r, dict) and "multi-tensor" in str(r.get("case", "")) and "ratio" in r
+    ]
+    if not hits:
+        return ""
+    verdicts = ", ".join(
+        f"{r['case'].split(' vs ')[0]} {r['ratio']:.2f}× "
+        + ("✓" if r["ratio"] <= OPTIM_TARGET else "✗")
+        for r in hits
+    )
+    return f"\n\nTarget: multi-tensor path ≤ {OPTIM_TARGET}× torch foreach: {verdicts}."
+
+
+def optim_section(quick: bool, device: str, raw: dict | None = None) -> str:
     """The optimizer engineer's ``benchmarks/bench_optim.py``, however far it has got."""
     try:
         from benchmarks import bench_optim
@@ -116,13 +133,16 @@ def optim_section(quick: bool, device: str) -> str:
     if run is None:
         return "_Not run: benchmarks/bench_optim.py has no `run(quick)`._"
     result = run(quick=quick) if device == "cpu" else run(quick=quick, device=device)
+    if isinstance(result, str):
+        return result
+    rows = list(result)
+    if raw is not None:
+        raw["optim"] = rows
     for name in ("markdown", "table", "markdown_table", "format_table"):
         fmt = getattr(bench_optim, name, None)
         if callable(fmt):
-            return fmt(result)
-    if isinstance(result, str):
-        return result
-    return _generic_table(list(result))
+            return fmt(rows) + _optim_target_line(rows)
+    return _generic_table(rows) + _optim_target_line(rows)
 
 
 def run_all(quick: bool, compile_: bool, device: str = "cpu") -> tuple[str, dict]:
@@ -166,7 +186,7 @@ def run_all(quick: bool, compile_: bool, device: str = "cpu") -> tuple[str, dict
     if compile_:
         section("MLP forward + backward, torch.compile", lambda: fwd_bwd(True))
     section("Bytes saved for backward, per forward", saved)
-    section("Optimizer step", lambda: optim_section(quick, device))
+    section("Optimizer step", lambda: optim_section(quick, device, raw))
     section("One epoch of the training command's model and data (CPU)", epoch)
     raw["seconds"] = time.perf_counter() - t_all
     return "\n".join(out), raw

@@ -61,3 +61,14 @@ def test_machine_and_render():
     assert {"CPU", "cores", "torch", "torch threads"} <= set(info)
     text = run.render("## body", info, quick=True, seconds=1.0)
     assert text.startswith("# Benchmarks") and "## Machine" in text and "## body" in text
+
+
+def test_optim_target_line_reads_the_multi_tensor_rows():
+    rows = [
+        {"case": "Adam multi-tensor vs torch foreach", "ratio": 0.9},
+        {"case": "Momentum multi-tensor vs torch SGD foreach", "ratio": 1.2},
+        {"case": "Adam per-tensor vs torch for-loop", "ratio": 3.0},
+    ]
+    line = run._optim_target_line(rows)
+    assert "Adam multi-tensor 0.90× ✓" in line and "Momentum multi-tensor 1.20× ✗" in line
+    assert "per-tensor" not in line and run._optim_target_line([{"case": "x"}]) == ""
