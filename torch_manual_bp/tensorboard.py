@@ -34,7 +34,6 @@ Only this module (of the logging side) needs the ``tensorboard`` package.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 
@@ -124,12 +123,28 @@ def _group_by_layer(per_param: Mapping[str, torch.Tensor]) -> dict[str, list[tor
     return layers
 
 
-def _norm(ts: list[torch.Tensor]) -> float:
-    return math.sqrt(sum(float(t.detach().float().square().sum()) for t in ts))
+def _norm(ts: list[torch.Tensor]) -> torch.Tensor:
+    """‖(t₁, t₂, ...)‖₂ as a 0-dim float32 tensor on the tensors' device (no host sync)."""
+    return torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in ts]).norm()
 
 
-def _mean(ts: list[torch.Tensor]) -> float:
-    return sum(float(t.detach().float().sum()) for t in ts) / max(1, sum(t.numel() for t in ts))
+def _mean(ts: list[torch.Tensor]) -> torch.Tensor:
+    """The mean over all elements of t₁, t₂, ..., as a 0-dim tensor."""
+    total = torch.stack([t.detach().float().sum() for t in ts]).sum()
+    return total / max(1, sum(t.numel() for t in ts))
+
+
+def _to_floats(scalars: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Tensors become floats with ONE device-to-host copy per device, not one per scalar."""
+    out = {k: float(v) for k, v in scalars.items() if not isinstance(v, torch.Tensor)}
+    by_device: dict[torch.device, list[str]] = {}
+    for k, v in scalars.items():
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(k)
+    for tags in by_device.values():
+        values = torch.stack([scalars[k].detach().float().reshape(()) for k in tags]).tolist()
+        out.update(zip(tags, values, strict=True))
+    return {k: out[k] for k in scalars}
 
 
 class TrainingLogger:
@@ -167,22 +182,24 @@ class TrainingLogger:
         Call it after ``optimizer.step()`` and before ``zero_grad()`` (the gradients are
         read from ``.grad``). ``histograms=True`` adds the per-parameter histograms.
         """
+        scalars: dict[str, torch.Tensor | float] = {}
         if loss is not None:
-            value = loss.detach() if isinstance(loss, torch.Tensor) else loss
-            self.writer.add_scalar("train/loss", float(value), step)
+            scalars["train/loss"] = loss.detach() if isinstance(loss, torch.Tensor) else loss
         if optimizer is not None:
-            self.writer.add_scalar("lr", float(optimizer.param_groups[0]["lr"]), step)
+            scalars["lr"] = optimizer.param_groups[0]["lr"]
         named = dict(model.named_parameters())
         grads = {n: p.grad for n, p in named.items() if p.grad is not None}
         for layer, gs in _group_by_layer(grads).items():
-            self.writer.add_scalar(f"grad_norm/{layer}", _norm(gs), step)
+            scalars[f"grad_norm/{layer}"] = _norm(gs)
         if optimizer is not None:
-            self._log_optimizer(step, optimizer, named, histograms)
+            scalars.update(self._optimizer_scalars(step, optimizer, named, histograms))
+        self.log_scalars(step, _to_floats(scalars))
         if histograms:
             self.log_histograms(step, model)
 
-    def _log_optimizer(self, step: int, optimizer, named, histograms: bool) -> None:
+    def _optimizer_scalars(self, step: int, optimizer, named, histograms: bool) -> dict:
         quantities = optimizer_quantities(optimizer, named)
+        scalars = {}
         for key, reduce, tag in (
             ("m_hat", _norm, "m_hat_norm"),
             ("s_hat", _mean, "s_hat_mean"),
@@ -190,10 +207,11 @@ class TrainingLogger:
         ):
             per_param = {n: q[key] for n, q in quantities.items() if key in q}
             for layer, ts in _group_by_layer(per_param).items():
-                self.writer.add_scalar(f"optim/{tag}/{layer}", reduce(ts), step)
+                scalars[f"optim/{tag}/{layer}"] = reduce(ts)
             if histograms:
                 for n, t in per_param.items():
                     self.writer.add_histogram(f"optim/{key}/{n}", t.detach().float().cpu(), step)
+        return scalars
 
     def log_histograms(self, step: int, model: nn.Module) -> None:
         """Histograms ``weights/<param>`` and ``grads/<param>`` of every parameter."""
