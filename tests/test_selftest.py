@@ -23,13 +23,17 @@ def _table_lines(out: str) -> dict[str, str]:
     }
 
 
-def test_every_function_and_optimizer_is_checked():
-    text = " ".join(_CHECK_NAMES)
-    for what in ("linear", "linear_relu", "relu_grad_at_zero=0", "relu_grad_at_zero=1",
-                 "reduction=mean", "reduction=sum", "reduction=none", "weight", "pos_weight",
-                 "Momentum ≡ SGD", "bias_correction", "Adam ≡ torch.optim.Adam", "amsgrad",
-                 "weight_decay", "AdamW", "maximize", "per-tensor", "multi-tensor"):  # fmt: skip
-        assert what in text, what
+EXPECTED = [
+    "linear", "linear_relu", "relu_grad_at_zero=0", "relu_grad_at_zero=1", "reduction=mean",
+    "reduction=sum", "reduction=none", "weight", "pos_weight", "Momentum ≡ SGD",
+    "bias_correction", "Adam ≡ torch.optim.Adam", "amsgrad", "weight_decay", "AdamW",
+    "maximize", "per-tensor", "multi-tensor", "fused",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("what", EXPECTED)
+def test_every_function_and_optimizer_is_checked(what):
+    assert what in " ".join(_CHECK_NAMES)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -81,6 +85,20 @@ def test_selftest_fails_on_a_broken_optimizer(monkeypatch, capsys):
     failing = {name for name, line in _table_lines(out).items() if line.endswith("FAIL")}
     assert failing == {name for name in _CHECK_NAMES if name.startswith("Adam")}
     assert "first divergence at step 1" in out  # --verbose: the full report
+
+
+def test_fused_checks_are_skipped_where_the_kernel_cannot_be_built(monkeypatch, capsys):
+    from torch_manual_bp.optim import _fused
+
+    monkeypatch.setattr(_fused, "available", lambda: False)
+    assert selftest.main(["--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = _table_lines(out)
+    fused = {name for name in _CHECK_NAMES if name.endswith("[fused]")}
+    assert len(fused) == 9
+    assert all(lines[name].endswith("skip") for name in fused)
+    assert "skipped 9 checks: the fused kernel cannot be built here" in out
+    assert f"all {len(_CHECK_NAMES) - 9} checks passed" in out
 
 
 def test_a_check_that_raises_is_an_error_row(monkeypatch, capsys):
