@@ -23,8 +23,9 @@ The checks:
 - the ``MLP`` against its ``to_torch()`` twin, and ``backprop_trace`` against autograd;
 - ``Momentum(α, β)`` against ``SGD(lr=α(1−β), momentum=β)``, ``bias_correction=True``
   against SGD under ``LambdaLR(lambda e: 1/(1 − β**(e + 1)))``, and ``Adam`` against
-  ``torch.optim.Adam`` (amsgrad, weight decay, AdamW, maximize), each on the per-tensor and
-  the multi-tensor path, every parameter and state tensor at every step.
+  ``torch.optim.Adam`` (amsgrad, weight decay, AdamW, maximize), each on the per-tensor, the
+  multi-tensor and the fused path (against PyTorch's fused Adam; skipped on CUDA and where
+  the kernel cannot be built), every parameter and state tensor at every step.
 """
 
 from __future__ import annotations
