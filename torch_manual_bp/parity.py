@@ -659,28 +659,33 @@ def _state_rows(pairs, optimizer, reference_optimizer, mapping, rtol, atol) -> l
     groups = _param_groups_of(optimizer)
     rows = []
     for n, p, rn, rp in pairs:
-        st = optimizer.state.get(p, {})
-        st_r = reference_optimizer.state.get(rp, {})
-        if mapping is None:  # identity on the tensor keys both have
-            keys = sorted(k for k in st if isinstance(st[k], Tensor) and k in st_r)
-            maps = [StateMapping(k, k, k) for k in keys]
+        st = _numeric_state(optimizer.state.get(p, {}))
+        st_r = _numeric_state(reference_optimizer.state.get(rp, {}))
+        if mapping is None:  # identity on the keys both have
+            maps = [StateMapping(k, k, k) for k in sorted(st) if k in st_r]
         else:
-            maps = [s for s in mapping if st.get(s.ours) is not None or _has(st_r, s.theirs)]
+            maps = [s for s in mapping if s.ours in st or s.theirs in st_r]
         for s in maps:
             name, ref_name = f"{n}: {s.label}", f"{rn}: {s.theirs}"
-            ours, theirs = st.get(s.ours), st_r.get(s.theirs)
-            if not isinstance(ours, Tensor) or not isinstance(theirs, Tensor):
-                side = "model" if not isinstance(ours, Tensor) else "reference"
-                key = s.ours if side == "model" else s.theirs
+            if s.ours not in st or s.theirs not in st_r:
+                side, key = ("model", s.ours) if s.ours not in st else ("reference", s.theirs)
                 rows.append(_missing_row(name, ref_name, f"no {key!r} in the {side}'s state"))
                 continue
-            converted = s.to_reference(ours.to(theirs.device), groups.get(id(p), {}))
+            theirs = st_r[s.theirs]
+            converted = s.to_reference(st[s.ours].to(theirs.device), groups.get(id(p), {}))
             rows.append(_compare(name, ref_name, converted, theirs, rtol, atol))
     return rows
 
 
-def _has(state: dict, key: str) -> bool:
-    return isinstance(state.get(key), Tensor)
+def _numeric_state(state: dict) -> dict[str, Tensor]:
+    """The state's tensors, and its plain numbers (an int ``step``) as float64 tensors."""
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, Tensor):
+            out[k] = v
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = torch.tensor(float(v), dtype=torch.float64)
+    return out
 
 
 # --------------------------------------------------------------------------------------
