@@ -177,6 +177,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+_TRAIN_EXAMPLES = """examples:
+  torch-manual-bp train                                   # Adam, breast-cancer data, runs/
+  torch-manual-bp train --optimizer sgd --lr 0.05 --epochs 5 --check-parity-every 100
+  torch-manual-bp train --data mine.csv --target label --hidden 32 16
+  torch-manual-bp train --checkpoint ck.pt --epochs 10    # killed? then:
+  torch-manual-bp train --resume ck.pt --checkpoint ck.pt --epochs 30
+  torch-manual-bp train --compile --amp
+  torchrun --standalone --nproc-per-node 2 -m torch_manual_bp train --device cpu
+
+exit status: 0 done, 1 the loss diverged (NaN/inf), 2 bad input (one line on stderr)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -190,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train the lecture's network, log to TensorBoard",
         description="Train the lecture's network and log it to TensorBoard.",
+        epilog=_TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_train_options(train)
     from . import compare
