@@ -1,7 +1,7 @@
 """Run every benchmark, print ratio tables against PyTorch, write docs/benchmarks.md.
 
-    python benchmarks/run.py            # full: about 5–10 minutes on 2 cores
-    python benchmarks/run.py --quick    # fewer rounds, compiled only at the small size
+    python benchmarks/run.py            # full: about 3–5 minutes on 2 cores
+    python benchmarks/run.py --quick    # about 1 minute: fewer rounds, compiled at small only
     python -m benchmarks.run --threads 1 --out /tmp/bench.md
 
 Sections: MLP forward+backward (eager, compiled), bytes saved for backward, the optimizer
