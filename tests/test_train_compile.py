@@ -26,9 +26,12 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("name", list(GRAPHS))
-def test_compiled_run_has_no_graph_break_and_matches_eager(fresh_dynamo, name):
-    batch = {"batch_size": 455}  # the whole split: one input shape
+CASES = [(name, False) for name in GRAPHS] + [("adam", True)]  # True: bf16 autocast too
+
+
+@pytest.mark.parametrize(("name", "amp"), CASES)
+def test_compiled_run_has_no_graph_break_and_matches_eager(fresh_dynamo, name, amp):
+    batch = {"batch_size": 455, "amp": amp}  # the whole split: one input shape
     eager = train(TrainConfig(optimizer=name, **batch, **QUIET))
     compiled = train(
         TrainConfig(optimizer=name, **batch, compile=True, compile_backend="aot_eager", **QUIET)
