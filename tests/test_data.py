@@ -105,3 +105,11 @@ def test_csv_that_is_a_directory_or_binary(tmp_path):
 def test_bad_val_fraction():
     with pytest.raises(ValueError, match="val_fraction"):
         load_breast_cancer(val_fraction=1.0)
+
+
+def test_csv_with_a_byte_order_mark_and_quotes(tmp_path):
+    path = tmp_path / "excel.csv"
+    rows = "y,a\n" + "".join(f'{i % 2},"{i * 0.5}"\n' for i in range(20))
+    path.write_bytes(b"\xef\xbb\xbf" + rows.encode())  # as spreadsheet programs save it
+    d = load_csv(path, "y")
+    assert d.feature_names == ["a"] and d.x_train.shape == (16, 1)

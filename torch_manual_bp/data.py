@@ -122,7 +122,7 @@ def load_breast_cancer(*, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 def _read_rows(path: str) -> list[list[str]]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not a name
             return list(csv.reader(f))
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
