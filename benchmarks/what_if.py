@@ -1,20 +1,23 @@
 """What if ``torch_manual_bp.functions`` made the changes proposed in docs/benchmarks.md?
 
-    python benchmarks/what_if.py                    # small, medium, large; 1 thread
+    python benchmarks/what_if.py                    # small, medium, large; eager; 1 thread
     python benchmarks/what_if.py medium --threads 2 --rounds 31
+    python benchmarks/what_if.py medium large --compiled
 
-Patches the two changes into the loaded module (nothing on disk changes), checks that the
-patched MLP gives bit-for-bit the gradients of the current one, then times, interleaved:
-torch, ours now, ours + (1) the bool-free ReLU mask, ours + (1) + (2) the direct ``apply``,
-and the same for ``relu_grad_at_zero=0``. Once functions.py has the changes, this script
-has nothing left to show (the "now" rows then already contain them).
+Patches the changes into the loaded module (nothing on disk changes), checks that every
+variant gives bit-for-bit the gradients of the current code, then times, interleaved, for
+``relu_grad_at_zero=1`` ("ours") and ``=0`` ("ours/0"): torch, ours now, + (1), + (1)+(2),
+and + (1) with (3). Once functions.py has a change, its rows equal the "now" row.
 
-(1) The lecture's mask without bool tensors. On CPU every kernel that reads a bool tensor
+(1) The ReLU mask without bool tensors. On CPU every kernel that reads a bool tensor
     (``masked_fill_``, ``where``, multiplying by a bool) runs about 30× slower than a float
-    kernel of the same size, and the current mask reads one in forward and in backward.
+    kernel of the same size, and the current mask reads one in forward and in backward;
+    compiled, Inductor's ``signbit`` is not vectorised.
 (2) ``Function.apply`` of a ``setup_context``-style Function re-binds its arguments with
     ``inspect.signature`` on every call; the direct path skips that outside torch.func and
     torch.compile.
+(3) One ``autograd.Function`` for the whole MLP (a prototype, eager only): the Python cost
+    of a Function call once per network instead of once per layer.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 import torch_manual_bp.functions as fx
 from benchmarks import bench_mlp
 from benchmarks.timing import compare, fmt_ratio, fmt_time_iqr
+from torch_manual_bp.functional import sigmoid_bce
 
 # (1) ---------------------------------------------------------------------------------------
 
@@ -86,6 +90,55 @@ def _patch(mask: bool, apply: bool) -> None:
             del cls.apply
 
 
+# (3) ---------------------------------------------------------------------------------------
+
+
+class MLPFunction(torch.autograd.Function):
+    """A prototype: every layer of an ``MLP`` in ONE Function, so that the Python cost of a
+    Function call is paid once per network, not once per layer. With (1) inside.
+
+    forward: A[l] = relu(A[l-1] W[l]ᵀ + b[l]) for l < L, Z[L] = A[L-1] W[L]ᵀ + b[L].
+    backward, the lecture's loop for l = L, …, 1:
+        dW[l] = dZ[l]ᵀ A[l-1],  db[l] = Σᵢ dZ[l],  dZ[l-1] = (dZ[l] W[l]) .* 1{Z[l-1] ≥ 0}
+    Saves A[0..L-1] and the W's: what the per-layer Functions save.
+    """
+
+    @staticmethod
+    def forward(ctx, x, relu_grad_at_zero, *Wb):
+        L = len(Wb) // 2
+        A, activations = x, [x]
+        for l in range(L):
+            Z = F.linear(A, Wb[2 * l], Wb[2 * l + 1])
+            if l == L - 1:
+                break
+            A = relu_lecture(Z) if relu_grad_at_zero == 1 else Z.relu_()
+            activations.append(A)
+        ctx.save_for_backward(*activations, *Wb[0::2])
+        ctx.L, ctx.relu_grad_at_zero = L, relu_grad_at_zero
+        return Z
+
+    @staticmethod
+    def backward(ctx, dZ):
+        L = ctx.L
+        A, W = ctx.saved_tensors[:L], ctx.saved_tensors[L:]
+        grads = [None] * (2 * L)
+        for l in reversed(range(L)):
+            grads[2 * l] = dZ.mT @ A[l]  # dW[l] = dZ[l]ᵀ A[l-1]
+            grads[2 * l + 1] = dZ.sum(0)  # db[l] = Σᵢ dZ[l]
+            if l > 0:
+                dZ = _relu_mask_grad(dZ @ W[l], A[l], ctx.relu_grad_at_zero)
+        return (None, None, *grads)
+
+
+def _one_function_loss(model):
+    Wb = list(model.parameters())
+    rgz = model.relu_grad_at_zero
+    return lambda x, y: sigmoid_bce(MLPFunction.apply(x, rgz, *Wb), y)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def _grads(model, loss_fn, x, y) -> list[torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss_fn(x, y).backward()
@@ -93,31 +146,35 @@ def _grads(model, loss_fn, x, y) -> list[torch.Tensor]:
 
 
 def what_if(size: bench_mlp.Size, rounds: int, min_block_s: float) -> dict:
+    """Eager forward+backward of torch and of every variant, interleaved."""
     models, x, y = bench_mlp._case(size, torch.device("cpu"))
     fns = {}
-    for label, name in (("torch", "torch"), ("ours", "ours"), ("ours/0", "ours/0")):
+    twin = models["torch"]
+    fns["torch"] = bench_mlp._fwd_bwd(twin, bench_mlp._loss_fn("torch", twin), x, y)
+    for name in ("ours", "ours/0"):
         model = models[name]
         loss_fn = bench_mlp._loss_fn(name, model)
-        step = bench_mlp._fwd_bwd(model, loss_fn, x, y)
-        if name != "torch":
-            _patch(False, False)
-            before = _grads(model, loss_fn, x, y)
-            _patch(True, True)
-            after = _grads(model, loss_fn, x, y)
-            _patch(False, False)
-            if not all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):
-                raise AssertionError(f"{size.name} {name}: patched gradients differ")
-        variants = [(False, False)] if name == "torch" else [(False, False), (True, False),
-                                                              (True, True)]  # fmt: skip
-        for mask, apply in variants:
-            suffix = {(False, False): " now", (True, False): " + (1)", (True, True): " + (1)+(2)"}
-            key = label if name == "torch" else label + suffix[(mask, apply)]
+        _patch(False, False)
+        now = _grads(model, loss_fn, x, y)
+        _patch(True, True)
+        for other in (loss_fn, _one_function_loss(model)):
+            got = _grads(model, other, x, y)
+            if not all(torch.equal(a, b) for a, b in zip(now, got, strict=True)):
+                raise AssertionError(f"{size.name} {name}: a variant's gradients differ")
+        variants = {
+            " now": (loss_fn, False, False),
+            " + (1)": (loss_fn, True, False),
+            " + (1)+(2)": (loss_fn, True, True),
+            " + (1), (3)": (_one_function_loss(model), True, False),
+        }
+        for suffix, (f, mask, apply) in variants.items():
+            step = bench_mlp._fwd_bwd(model, f, x, y)
 
             def run(step=step, mask=mask, apply=apply) -> None:
                 _patch(mask, apply)
                 step()
 
-            fns[key] = run
+            fns[name + suffix] = run
     c = compare(fns, rounds=rounds, min_block_s=min_block_s)
     _patch(False, False)
     return {k: (c.median(k), c.iqr(k), c.ratio(k, "torch"), c.ratio_iqr(k, "torch")) for k in fns}
@@ -128,9 +185,17 @@ def main() -> None:
     p.add_argument("sizes", nargs="*", default=[s.name for s in bench_mlp.SIZES])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--compiled", action="store_true", help="torch.compile, with (1) and (2) only")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     by_name = {s.name: s for s in bench_mlp.SIZES}
+    if args.compiled:  # a compiled graph keeps what it traced: patch once, before compiling
+        _patch(True, True)
+        sizes = tuple(by_name[n] for n in args.sizes)
+        rows = bench_mlp.bench_fwd_bwd(compiled=True, sizes=sizes, rounds=args.rounds)
+        print("With (1) and (2) patched in, compiled; ours/0 is relu_grad_at_zero=0\n")
+        print(bench_mlp.fwd_bwd_table(rows, {}))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); eager fwd+bwd\n")
     print("| size | variant | time (median [IQR]) | ÷ torch [IQR] |\n|---|---|---|---|")
     for name in args.sizes:
