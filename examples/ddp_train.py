@@ -53,17 +53,16 @@ args = p.parse_args()
 checkpoint = Path(args.checkpoint or Path(args.logdir) / "last.pt")
 
 # --- Processes: torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT ---------
-if "RANK" not in os.environ:  # started as a plain script: a world of one
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29531")
-local_rank = int(os.environ["LOCAL_RANK"])
+local_rank = int(os.environ.get("LOCAL_RANK", "0"))
 if torch.cuda.is_available():
-    device = torch.device("cuda", local_rank)
+    device, backend = torch.device("cuda", local_rank), "nccl"
     torch.cuda.set_device(device)
-    dist.init_process_group("nccl")
 else:
-    device = torch.device("cpu")  # torchrun sets OMP_NUM_THREADS=1 per process
-    dist.init_process_group("gloo")
+    device, backend = torch.device("cpu"), "gloo"  # torchrun sets OMP_NUM_THREADS=1 each
+if "RANK" in os.environ:
+    dist.init_process_group(backend)
+else:  # started as a plain script: a world of one, no network needed
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 rank, world = dist.get_rank(), dist.get_world_size()
 
 # --- Data: scikit-learn's breast-cancer set, standardised with the training split's stats ---
