@@ -48,23 +48,20 @@ def test_selftest_passes_and_prints_one_table(dtype, capsys):
     assert f"all {len(_CHECK_NAMES)} checks passed" in out
 
 
-_correct_linear_backward = functions._linear_backward
-
-
-def _buggy_linear_backward(dZ, A_prev, W, needs):
-    dA_prev, dW, db = _correct_linear_backward(dZ, A_prev, W, needs)
-    return dA_prev, dW, None if db is None else db / dZ.reshape(-1, dZ.shape[-1]).shape[0]
-
-
 def test_selftest_fails_on_a_broken_backward_formula(monkeypatch, capsys):
-    """db averaged instead of summed over the batch: every check using a bias must fail."""
-    monkeypatch.setattr(functions, "_linear_backward", _buggy_linear_backward)
-    assert selftest.main(["--dtype", "float64", "--steps", "2"]) == 1
+    """LinearFunction's db averaged instead of summed over the batch: exactly the checks
+    that run it with a bias fail."""
+    correct = functions.LinearFunction.backward
+
+    def averaged_db(ctx, dZ):
+        dA_prev, dW, db = correct(ctx, dZ)
+        return dA_prev, dW, None if db is None else db / (dZ.numel() // dZ.shape[-1])
+
+    monkeypatch.setattr(functions.LinearFunction, "backward", staticmethod(averaged_db))
+    assert selftest.main(["--dtype", "float64", "--steps", "1"]) == 1
     lines = _table_lines(capsys.readouterr().out)
     failing = {name for name, line in lines.items() if line.endswith("FAIL")}
-    assert {"linear", "linear_relu, relu_grad_at_zero=0, ties", "MLP vs to_torch()"} <= failing
-    assert "linear, bias=None" not in failing  # no bias, no bug
-    assert not any(name.startswith(("Adam", "Momentum", "sigmoid_bce")) for name in failing)
+    assert failing == {"linear", "linear, batch dims (2, 4, in)", "MLP vs to_torch()"}
 
 
 def test_selftest_fails_on_a_broken_optimizer(monkeypatch, capsys):
