@@ -99,15 +99,21 @@ def test_linear_relu_exact_ties(dtype, relu_grad_at_zero, device):
     assert not torch.equal(db_lecture, db_torch)
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("relu_grad_at_zero", [1, 0])
-def test_relu_mask_from_saved_output_handles_signed_zeros(relu_grad_at_zero):
+def test_relu_mask_from_saved_output_handles_signed_zeros(relu_grad_at_zero, compiled):
     """z = −0.0 and z = +0.0 are both ties; the mask read back from the saved output alone
     must equal the chosen convention's 1{z >= 0} or 1{z > 0} on each, and the output must
     equal F.relu as numbers."""
     Z = torch.tensor([-0.0, 0.0, -1.0, 2.0, -1e-30, 1e-30], dtype=torch.float64)
-    A = relu_lecture(Z.clone()) if relu_grad_at_zero == 1 else torch.relu(Z.clone())
+    forward = relu_lecture if relu_grad_at_zero == 1 else torch.relu
+    mask_grad = _relu_mask_grad
+    if compiled:  # Inductor must not fold away the −0.0 → +0.0 step
+        forward, mask_grad = torch.compile(forward), torch.compile(mask_grad)
+    A = forward(Z.clone())
     assert torch.equal(A, F.relu(Z))
-    dZ = _relu_mask_grad(torch.ones_like(Z), A, relu_grad_at_zero)
+    assert torch.equal(A.signbit(), Z < 0) or relu_grad_at_zero == 0
+    dZ = mask_grad(torch.ones_like(Z), A, relu_grad_at_zero)
     expected = (Z >= 0) if relu_grad_at_zero == 1 else (Z > 0)
     assert torch.equal(dZ, expected.double())
 
