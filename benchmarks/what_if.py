@@ -9,10 +9,9 @@ variant gives bit-for-bit the gradients of the current code, then times, interle
 ``relu_grad_at_zero=1`` ("ours") and ``=0`` ("ours/0"): torch, ours now, + (1), + (1)+(2),
 and + (1) with (3). Once functions.py has a change, its rows equal the "now" row.
 
-(1) The ReLU mask without bool tensors. On CPU every kernel that reads a bool tensor
-    (``masked_fill_``, ``where``, multiplying by a bool) runs about 30× slower than a float
-    kernel of the same size, and the current mask reads one in forward and in backward;
-    compiled, Inductor's ``signbit`` is not vectorised.
+(1) A float-only ReLU mask. Until b98bf53 functions.py read bool tensors (on CPU about 30×
+    slower than a float kernel; compiled, Inductor's ``signbit`` is not vectorised); it now
+    has its own float-only formula, so the "(1)" rows compare two float-only formulas.
 (2) ``Function.apply`` of a ``setup_context``-style Function re-binds its arguments with
     ``inspect.signature`` on every call; the direct path skips that outside torch.func and
     torch.compile.
