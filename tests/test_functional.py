@@ -9,7 +9,14 @@ from _reference import TOL, grads, leaf, torch_linear_relu, torch_sigmoid_bce_co
 from torch.autograd import gradcheck, gradgradcheck
 
 import torch_manual_bp.functional as mbpF
-from torch_manual_bp.functions import _relu_mask_grad, relu_lecture
+from torch_manual_bp.functions import (
+    LinearFunction,
+    LinearReLUFunction,
+    SigmoidBCEFunction,
+    _relu_mask_grad,
+    relu_lecture,
+)
+from torch_manual_bp.functions import apply as apply_function
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
@@ -288,3 +295,29 @@ def test_sigmoid_bce_second_derivative_is_sigmoid_prime(device):
     )
     (d2z_ref,) = torch.autograd.grad(dz_ref.sum(), [z_ref])
     torch.testing.assert_close(d2z, d2z_ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("function", "make_args"),
+    [
+        (LinearFunction, lambda x, W, b, z, y: (x, W, b)),
+        (LinearReLUFunction, lambda x, W, b, z, y: (x, W, b, 1)),
+        (LinearReLUFunction, lambda x, W, b, z, y: (x, W, b, 0)),
+        (SigmoidBCEFunction, lambda x, W, b, z, y: (z, y, None, None, "mean")),
+    ],
+    ids=["linear", "linear_relu/1", "linear_relu/0", "sigmoid_bce"],
+)
+def test_classic_twin_and_setup_context_function_agree_bit_for_bit(function, make_args, device):
+    """Eager calls go through a classic-style twin (no per-call signature binding); the
+    setup_context Function serves torch.func and torch.compile. Same numbers from both."""
+    x, W, b = _linear_data((6, 5), 4, True, torch.float64, device)
+    z, y, _, _ = _bce_data((6, 4), torch.float64, device)
+    results = []
+    for call in (function.apply, lambda *a: apply_function(function, *a)):
+        args = [leaf(a) if isinstance(a, torch.Tensor) else a for a in make_args(x, W, b, z, y)]
+        out = call(*args)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        results.append((out, *torch.autograd.grad(out.sum(), tensors)))
+    assert results[1][0].grad_fn.__class__ is not results[0][0].grad_fn.__class__
+    for a, b_ in zip(*results, strict=True):
+        assert torch.equal(a, b_)

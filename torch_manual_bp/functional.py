@@ -18,7 +18,7 @@ from ._validation import (
     check_same_device,
     check_same_dtype,
 )
-from .functions import LinearFunction, LinearReLUFunction, SigmoidBCEFunction
+from .functions import LinearFunction, LinearReLUFunction, SigmoidBCEFunction, apply
 
 __all__ = ["linear", "linear_relu", "sigmoid_bce"]
 
@@ -93,8 +93,8 @@ def _apply_linear(function: type[torch.autograd.Function], x, weight, bias, *ext
         check_same_dtype([("input", x), ("weight", weight), ("bias", bias)])
     if autocast:
         with torch.autocast(device_type, enabled=False):
-            return function.apply(x, weight, bias, *extra)
-    return function.apply(x, weight, bias, *extra)
+            return apply(function, x, weight, bias, *extra)
+    return apply(function, x, weight, bias, *extra)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -193,8 +193,8 @@ def sigmoid_bce(
         )
     if autocast:
         with torch.autocast(device_type, enabled=False):
-            return SigmoidBCEFunction.apply(logits, target, weight, pos_weight, reduction)
-    return SigmoidBCEFunction.apply(logits, target, weight, pos_weight, reduction)
+            return apply(SigmoidBCEFunction, logits, target, weight, pos_weight, reduction)
+    return apply(SigmoidBCEFunction, logits, target, weight, pos_weight, reduction)
 
 
 def _bce_args_ok(logits, target, weight, pos_weight, reduction) -> bool:

@@ -253,3 +253,46 @@ class SigmoidBCEFunction(torch.autograd.Function):
             dp = _times_incoming(-Y * F.logsigmoid(Z), dJ, weight, Z.numel(), ctx.reduction)
             dp = dp.sum_to_size(pos_weight.shape)
         return dZ, dY, dw, dp, None
+
+
+# --------------------------------------------------------------------------------------
+# Calling them: the same Functions, without Function.apply's per-call signature binding
+# --------------------------------------------------------------------------------------
+
+
+def _classic_twin(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """The same forward, context and backward as ``function``, in the classic
+    ``forward(ctx, ...)`` style.
+
+    ``Function.apply`` re-binds the arguments with ``inspect.signature`` on every call of a
+    ``setup_context``-style Function (tens of µs: more than a small layer's kernels). The
+    classic style skips that but is unusable under ``torch.func`` transforms, so
+    ``apply`` below picks it only outside transforms and outside ``torch.compile``.
+    """
+
+    def forward(ctx: Any, *args: Any) -> torch.Tensor:
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    return type(
+        function.__name__,
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(function.backward)},
+    )
+
+
+_CLASSIC = {f: _classic_twin(f) for f in (LinearFunction, LinearReLUFunction, SigmoidBCEFunction)}
+
+
+def _transforms_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if active is None else active()
+
+
+def apply(function: type[torch.autograd.Function], *args: Any) -> torch.Tensor:
+    """``function.apply(*args)``: the classic-style twin in plain eager mode (faster), the
+    ``setup_context`` Function itself under ``torch.func`` transforms and ``torch.compile``."""
+    if torch.compiler.is_compiling() or _transforms_active():
+        return function.apply(*args)
+    return _CLASSIC[function].apply(*args)
