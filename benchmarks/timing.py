@@ -8,8 +8,10 @@ before taking the median over rounds. A block runs ``n`` calls (chosen once, so 
 slowest candidate's block takes about ``min_block_s``) with the garbage collector off, and
 synchronises the device at its end.
 
-Reported per candidate: median time per call and its interquartile range (IQR); per pair:
-the median of the per-round ratios and their IQR.
+Reported per candidate: median time per call, its interquartile range (IQR) and the fastest
+round; per pair: the median of the per-round ratios and their IQR, and fastest ÷ fastest
+(interference only ever adds time, so on a busy machine the fastest rounds are the
+cleanest).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class Comparison:
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
+
+    def min(self, name: str) -> float:
+        """The fastest round: on a busy machine interference only ever adds time."""
+        return min(self.times[name])
 
     def iqr(self, name: str) -> tuple[float, float]:
         return _quartiles(self.times[name])
