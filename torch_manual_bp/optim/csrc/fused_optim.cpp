@@ -15,12 +15,11 @@
 //              step = α, or α/(1 − βᵗ) with bias correction (m̂).
 // Reads w, g, m, s (s_max) and writes w, m, s (s_max) once each: the memory-traffic floor.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <vector>
 
 namespace {
 
@@ -67,24 +66,32 @@ struct Opmath<double> {
 
 enum Decay { kNoDecay = 0, kL2 = 1, kDecoupled = 2 };
 
-// ---- work split: every thread takes one contiguous slice of every tensor ---------------------
+// ---- work split: blocks of kBlock elements, handed out dynamically ------------------------------
+//
+// Every tensor is cut into blocks of kBlock elements (the last one shorter); threads take the
+// next block from a shared counter. Dynamic rather than static: on a busy machine a thread that
+// gets descheduled does not hold the others back at the end of the step.
+
+constexpr int64_t kBlock = 1 << 16;
+
+struct Blocks {
+  std::vector<int64_t> first;  // first[i]: index of tensor i's first block; first[n]: total
+  explicit Blocks(int64_t n, const int64_t* numel) : first(n + 1, 0) {
+    for (int64_t i = 0; i < n; ++i) first[i + 1] = first[i] + (numel[i] + kBlock - 1) / kBlock;
+  }
+  // block k -> (tensor i, [begin, end))
+  void locate(int64_t k, const int64_t* numel, int64_t* i, int64_t* begin, int64_t* end) const {
+    *i = std::upper_bound(first.begin(), first.end(), k) - first.begin() - 1;
+    *begin = (k - first[*i]) * kBlock;
+    *end = std::min(*begin + kBlock, numel[*i]);
+  }
+};
 
 #ifdef _OPENMP
-#define TMBP_PARALLEL _Pragma("omp parallel num_threads(n_threads)")
-inline int thread_id() { return omp_get_thread_num(); }
-inline int thread_count() { return omp_get_num_threads(); }
+#define TMBP_PARALLEL_FOR _Pragma("omp parallel for schedule(dynamic, 1) num_threads(n_threads)")
 #else
-#define TMBP_PARALLEL
-inline int thread_id() { return 0; }
-inline int thread_count() { return 1; }
+#define TMBP_PARALLEL_FOR
 #endif
-
-// [begin, end) of this thread's slice of n elements, in multiples of 64 (whole cache lines).
-inline void slice(int64_t n, int64_t* begin, int64_t* end) {
-  const int64_t k = thread_count(), per = ((n + k - 1) / k + 63) / 64 * 64;
-  *begin = per * thread_id() < n ? per * thread_id() : n;
-  *end = *begin + per < n ? *begin + per : n;
-}
 
 // ---- Adam ------------------------------------------------------------------------------------
 
@@ -125,10 +132,12 @@ void adam_tensors(int64_t n_tensors, T* const* W, const T* const* G, T* const* M
                   const double* eps_t, double b1, double b2, double wd, double dec,
                   int n_threads) {
   (void)n_threads;
-  TMBP_PARALLEL
-  for (int64_t i = 0; i < n_tensors; ++i) {
-    int64_t begin, end;
-    slice(numel[i], &begin, &end);
+  const Blocks blocks(n_tensors, numel);
+  const int64_t n_blocks = blocks.first[n_tensors];
+  TMBP_PARALLEL_FOR
+  for (int64_t k = 0; k < n_blocks; ++k) {
+    int64_t i, begin, end;
+    blocks.locate(k, numel, &i, &begin, &end);
     adam_slice<T, kMaximize, kDecay, kAmsgrad>(W[i], G[i], M[i], S[i], kAmsgrad ? Smax[i] : nullptr,
                                                begin, end, alpha_t[i], eps_t[i], b1, b2, wd, dec);
   }
@@ -196,10 +205,12 @@ void momentum_tensors(int64_t n_tensors, T* const* W, const T* const* G, T* cons
                       const int64_t* numel, const double* step, double beta, double wd,
                       int n_threads) {
   (void)n_threads;
-  TMBP_PARALLEL
-  for (int64_t i = 0; i < n_tensors; ++i) {
-    int64_t begin, end;
-    slice(numel[i], &begin, &end);
+  const Blocks blocks(n_tensors, numel);
+  const int64_t n_blocks = blocks.first[n_tensors];
+  TMBP_PARALLEL_FOR
+  for (int64_t k = 0; k < n_blocks; ++k) {
+    int64_t i, begin, end;
+    blocks.locate(k, numel, &i, &begin, &end);
     momentum_slice<T, kMaximize, kL2Decay>(W[i], G[i], M[i], begin, end, step[i], beta, wd);
   }
 }
