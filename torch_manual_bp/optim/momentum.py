@@ -200,7 +200,9 @@ def momentum(
         for w, g, m, t in c.group_by_device_and_dtype([params, grads, ms, steps]):
             c.increment(t)
             ts = t if tensor_mode else [ti.item() for ti in t]
-            for b in c.batches(w):
+            # batches bound the temporaries; without maximize or decay there are none
+            whole = not (maximize or weight_decay) or tensor_mode
+            for b in [list(range(len(w)))] if whole else c.batches(w):
                 momentum_update_foreach_(*(c.pick(x, b) for x in (w, g, m)), t=c.pick(ts, b), **kw)
     else:
         c.increment_all(steps)
