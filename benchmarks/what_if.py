@@ -9,11 +9,13 @@ variant gives bit-for-bit the gradients of the current code, then times, interle
 ``relu_grad_at_zero=1`` ("ours") and ``=0`` ("ours/0"): torch, ours now, + (1), + (3), and
 + (1) with (3).
 
-(1) Another float-only ReLU mask, two ops forward (``threshold_(Z + 0, −tiny, −0.0)``) where
-    functions.py has four; the same backward op count. (Until b98bf53 functions.py read bool
-    tensors, about 30× slower than a float kernel on CPU; that was the eager gap at medium
-    and large. Until 0ba6191 every eager call paid ``inspect.signature`` binding in
-    ``Function.apply``.)
+(1) The lecture's ReLU mask with no temporary tensor: forward ``threshold_(Z + 0, −tiny,
+    −0.0)`` in place (functions.py: ``add_``, ``sign`` (a temporary), ``mul_``, ``clamp_``);
+    backward the same key 1/A + A, built in the result's buffer in a plain eager backward.
+    On CPU every fresh temporary of a few MB is fresh memory from the OS (page faults), which
+    costs more than the arithmetic. (Until b98bf53 functions.py read bool tensors, about 30×
+    slower than a float kernel on CPU: that was the eager gap at medium and large. Until
+    0ba6191 every eager call paid ``inspect.signature`` binding in ``Function.apply``.)
 (3) One ``autograd.Function`` for the whole MLP (a prototype, eager only): the Python cost
     of a Function call once per network instead of once per layer.
 """
@@ -50,16 +52,32 @@ def relu_lecture(Z: torch.Tensor) -> torch.Tensor:
     """As ``functions.relu_lecture``: A = Z where Z > 0, +0.0 where Z = ±0, −0.0 where Z < 0.
 
     ``Z + 0.0`` turns −0.0 into +0.0 (−0 ≥ 0: the lecture's mask passes it); ``threshold_``
-    then writes −0.0 wherever Z < 0. Two vectorised passes, no bool tensor.
+    then writes −0.0 wherever Z < 0. Two in-place passes: no temporary tensor.
     """
     return F.threshold_(Z.add_(0.0), _NEG_TINY[Z.dtype], -0.0)
 
 
+def _eager() -> bool:
+    return not (
+        torch.is_grad_enabled()  # a double backward records this: out= has no autograd
+        or torch._C._are_functorch_transforms_active()
+        or torch.compiler.is_compiling()
+    )
+
+
 def _relu_mask_grad(dA: torch.Tensor, A: torch.Tensor, relu_grad_at_zero: int) -> torch.Tensor:
-    """As ``functions._relu_mask_grad``, with nn.ReLU's own backward kernel."""
-    if relu_grad_at_zero == 1:
-        A = (A + 1).copysign_(A)  # > 0 exactly where A's sign bit is clear
-    return torch.ops.aten.threshold_backward(dA, A, 0)  # dA where A > 0, else 0
+    """As ``functions._relu_mask_grad`` (the same key), with no temporary beyond the result.
+
+    key = 1/A + A is > 0 exactly where A's sign bit is clear (1/(±0) = ±inf); in the plain
+    eager backward it is built in the result's buffer, which threshold_backward overwrites.
+    """
+    if relu_grad_at_zero != 1:
+        return torch.ops.aten.threshold_backward(dA, A, 0)
+    A = A.detach()
+    if not _eager():
+        return torch.ops.aten.threshold_backward(dA, A.reciprocal().add_(A), 0)
+    key = torch.reciprocal(A, out=torch.empty_like(dA)).add_(A)
+    return torch.ops.aten.threshold_backward.grad_input(dA, key, 0, grad_input=key)
 
 
 _ORIGINAL = {"relu_lecture": fx.relu_lecture, "_relu_mask_grad": fx._relu_mask_grad}
