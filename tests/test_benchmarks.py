@@ -72,3 +72,12 @@ def test_optim_target_line_reads_the_multi_tensor_rows():
     line = run._optim_target_line(rows)
     assert "Adam multi-tensor 0.90× ✓" in line and "Momentum multi-tensor 1.20× ✗" in line
     assert "per-tensor" not in line and run._optim_target_line([{"case": "x"}]) == ""
+
+
+def test_what_if_variants_give_the_same_gradients():
+    """what_if.py checks every proposed variant bit for bit against the current code."""
+    from benchmarks import what_if
+
+    rows = what_if.what_if(bench_mlp.TINY, rounds=1, min_block_s=1e-4)
+    assert {"torch", "ours now", "ours + (1), (3)", "ours/0 + (3)"} <= set(rows)
+    assert what_if.fx.relu_lecture is what_if._ORIGINAL["relu_lecture"]  # unpatched after
