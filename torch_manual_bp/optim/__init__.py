@@ -16,7 +16,10 @@ To show the step an optimizer took (TensorBoard, parity tools), use the pure hel
 - ``momentum_step_direction(m, step, momentum, bias_correction)`` → m or m̂.
 
 The update rules themselves are the small functions ``rules.adam_update_`` and
-``rules.momentum_update_`` (and their ``_foreach_`` twins).
+``rules.momentum_update_`` (and their ``_foreach_`` twins). Paths: ``foreach=False`` (a loop
+of per-tensor ops), ``foreach=True`` / ``None`` (multi-tensor ``torch._foreach_*``), and
+``fused=True`` (one pass per tensor in a C++ kernel built on first use, CPU only).
+docs/optim.md has the equivalences, the options and the benchmark figures.
 """
 
 from . import rules
