@@ -23,8 +23,16 @@ docs/optim.md has the equivalences, the options and the benchmark figures.
 """
 
 from . import rules
+from ._fused import FusedUnavailableError
 from .adam import Adam
 from .momentum import Momentum
 from .rules import adam_step_direction, momentum_step_direction
 
-__all__ = ["Adam", "Momentum", "adam_step_direction", "momentum_step_direction", "rules"]
+__all__ = [
+    "Adam",
+    "FusedUnavailableError",
+    "Momentum",
+    "adam_step_direction",
+    "momentum_step_direction",
+    "rules",
+]
