@@ -98,7 +98,7 @@ def relu_lecture(Z: torch.Tensor) -> torch.Tensor:
     """
     Z.add_(0.0)  # −0.0 + 0.0 = +0.0: a tie at −0 counts as Z ≥ 0
     signed_zero = Z.sign().mul_(0.0)  # −0.0 where Z < 0, +0.0 elsewhere (NaN stays NaN)
-    return Z.clamp_(min=signed_zero)  # max(Z, ±0): Z where Z > 0, else the signed zero
+    return Z.clamp_min_(signed_zero)  # max(Z, ±0): Z where Z > 0, else the signed zero
 
 
 def _relu_mask_grad(dA: torch.Tensor, A: torch.Tensor, relu_grad_at_zero: int) -> torch.Tensor:
