@@ -148,3 +148,16 @@ def test_autocast_behaves_like_nn_linear_and_relu(device_type, amp_dtype):
     for p, p_ref in zip(net.parameters(), twin.parameters(), strict=True):
         assert p.grad.dtype == p_ref.grad.dtype == torch.float32
         torch.testing.assert_close(p.grad, p_ref.grad, **TOL[amp_dtype])
+
+
+def test_autocast_leaves_float64_alone_as_pytorch_does():
+    """Autocast never casts float64: a float64 model runs in float64 inside the region."""
+    net, twin = _net_and_twin("cpu", torch.float64)
+    X, Y = _data("cpu", torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        Z, Z_ref = net(X), twin(X)
+        J = mbp.functional.sigmoid_bce(Z, Y)
+        J_ref = F.binary_cross_entropy_with_logits(Z_ref, Y)
+    assert Z.dtype == Z_ref.dtype == torch.float64
+    assert J.dtype == J_ref.dtype == torch.float64
+    torch.testing.assert_close(J, J_ref, **TOL[torch.float64])

@@ -24,13 +24,18 @@ __all__ = ["linear", "linear_relu", "sigmoid_bce"]
 
 
 def _autocast_to(dtype_of_op: str, *tensors: torch.Tensor | None) -> tuple:
-    """Cast floating tensors as autocast would for an op in its "lower precision" list
-    (``linear``) or its "float32" list (``binary_cross_entropy_with_logits``)."""
+    """Cast tensors as autocast would for an op in its "lower precision" list (``linear``)
+    or its "float32" list (``binary_cross_entropy_with_logits``): floating tensors other
+    than float64, which autocast never touches."""
     device_type = next(t for t in tensors if t is not None).device.type
     if not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type) if dtype_of_op == "lower" else torch.float32
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+    return tuple(t.to(dtype) if _autocast_eligible(t) else t for t in tensors)
+
+
+def _autocast_eligible(t: torch.Tensor | None) -> bool:
+    return t is not None and t.is_floating_point() and t.dtype != torch.float64
 
 
 def _linear_args_ok(x: object, weight: object, bias: object) -> bool:
