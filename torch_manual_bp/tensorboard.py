@@ -40,6 +40,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .optim import adam_step_direction, momentum_step_direction
+
 __all__ = ["TrainingLogger", "layer_name", "optimizer_quantities", "read_hparams", "read_scalars"]
 
 
@@ -61,28 +63,34 @@ def _bias_correction(beta: float, t: float) -> float:
 
 
 def _adam_like(p: torch.Tensor, state: Mapping, group: Mapping) -> dict[str, torch.Tensor]:
-    """m̂, ŝ and Δw = α m̂ / (√ŝ + ε) from an Adam state (ours, or torch's)."""
+    """m̂, ŝ and Δw = α m̂ / (√ŝ + ε) from an Adam state (ours, or torch's).
+
+    Ours: Δw is ``lr * adam_step_direction(...)``, the optimizer's own step (0 where ŝ = 0
+    and ε = 0). torch's: its formula, which gives NaN there, as its step does.
+    """
     beta1, beta2 = group["betas"]
     t = float(state["step"])
     if "m" in state:  # the lecture's m: average of −∇J
         m = state["m"]
         s = state["s_max"] if group.get("amsgrad") and "s_max" in state else state["s"]
+        direction = adam_step_direction(m, s, state["step"], (beta1, beta2), group["eps"])
     else:  # torch.optim.Adam: exp_avg = average of +∇J = −m
         m = -state["exp_avg"]
         s = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        direction = None
     m_hat = m / _bias_correction(beta1, t)
     s_hat = s / _bias_correction(beta2, t)
-    update = float(group["lr"]) * m_hat / (s_hat.sqrt() + group["eps"])
-    return {"m_hat": m_hat, "s_hat": s_hat, "update": update}
+    if direction is None:
+        direction = m_hat / (s_hat.sqrt() + group["eps"])
+    return {"m_hat": m_hat, "s_hat": s_hat, "update": float(group["lr"]) * direction}
 
 
 def _momentum_like(p: torch.Tensor, state: Mapping, group: Mapping) -> dict[str, torch.Tensor]:
     """m̂ and Δw = α m̂ from a Momentum state (ours: m; torch SGD: momentum_buffer b)."""
     lr, beta = float(group["lr"]), float(group.get("momentum", 0.0))
     if "m" in state:  # the lecture's m = −(1 − β) b
-        m_hat = state["m"]
-        if group.get("bias_correction"):
-            m_hat = m_hat / _bias_correction(beta, float(state["step"]))
+        bias_correction = bool(group.get("bias_correction"))
+        m_hat = momentum_step_direction(state["m"], state["step"], beta, bias_correction)
         return {"m_hat": m_hat, "update": lr * m_hat}
     b = state.get("momentum_buffer")
     if b is None:  # plain SGD: Δw = −α g
