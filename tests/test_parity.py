@@ -415,6 +415,34 @@ def test_momentum_is_sgd_with_lr_alpha_one_minus_beta(kw, dtype, foreach, device
     assert "0.weight: m ↔ −(1−β)·momentum_buffer" in [r.name for r in report.step(6).rows]
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"weight_decay": 0.01}, {"maximize": True}, {"bias_correction": True}],
+    ids=["plain", "wd", "maximize", "bias_correction"],
+)
+def test_momentum_zero_is_plain_sgd_which_keeps_no_buffer(kw):
+    """SGD(momentum=0) keeps no momentum_buffer: m is not compared (β = 0: w + α m is checked
+    by the parameter rows), and a correct Momentum(β = 0) passes."""
+    Momentum = _optim("Momentum")
+    net, twin, batches = _problem()
+    ours = Momentum(net.parameters(), lr=0.1, momentum=0, **kw)
+    sgd_kw = {k: v for k, v in kw.items() if k != "bias_correction"}  # 1 − 0ᵗ = 1
+    theirs = torch.optim.SGD(twin.parameters(), lr=0.1, **sgd_kw)
+    report = compare_training(net, ours, twin, theirs, batches, steps=4)
+    assert report.passed and report.first_divergence is None, report
+    row = next(r for r in report.step(4).rows if r.name == "0.weight: m ↔ −(1−β)·momentum_buffer")
+    assert row.passed and "SGD(momentum=0) keeps no 'momentum_buffer'" in row.note
+
+
+def test_momentum_against_buffer_less_sgd_still_catches_a_beta_mismatch():
+    Momentum = _optim("Momentum")
+    net, twin, batches = _problem()
+    ours = Momentum(net.parameters(), lr=1.0, momentum=0.9)  # α(1 − β) = 0.1: step 1 agrees
+    theirs = torch.optim.SGD(twin.parameters(), lr=0.1)
+    report = compare_training(net, ours, twin, theirs, batches, steps=3)
+    assert report.first_divergence == 2 and "β mismatch" in report.diagnosis, report
+
+
 LAMBDAS = [
     # LambdaLR's lr at epoch e (= step t − 1) is base_lr · λ(e); step t needs 1/(1 − βᵗ).
     ("1/(1 − β^(e+1))", lambda b: lambda e: 1 / (1 - b ** (e + 1)), None),

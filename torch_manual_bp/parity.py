@@ -593,13 +593,16 @@ class StateMapping:
 
     ``to_reference(ours, group)`` converts our tensor into the reference's convention, using
     our parameter group's hyperparameters; ``label`` says the relation, e.g.
-    "m ↔ −exp_avg".
+    "m ↔ −exp_avg". ``absent_ok(reference_group)`` says why the reference may keep no
+    ``theirs`` tensor under that group's hyperparameters (the row then passes with that
+    note), or None when its absence is a failure.
     """
 
     ours: str
     theirs: str
     label: str
     to_reference: Callable[[Tensor, dict], Tensor] = field(default=lambda t, group: t)
+    absent_ok: Callable[[dict], str | None] = field(default=lambda group: None)
 
 
 def _neg(t: Tensor, group: dict) -> Tensor:
@@ -609,6 +612,17 @@ def _neg(t: Tensor, group: dict) -> Tensor:
 def _momentum_to_buffer(m: Tensor, group: dict) -> Tensor:
     # m = −(1 − β) b  ⇒  b = −m / (1 − β)
     return -m / (1 - group["momentum"])
+
+
+def _no_buffer_at_zero_momentum(group: dict) -> str | None:
+    # torch.optim.SGD(momentum=0) keeps no buffer; with β = 0, w(t) = w(t−1) + α m(t), so
+    # the parameter rows already check m.
+    if group.get("momentum", 0) != 0:
+        return None
+    return (
+        "not compared: SGD(momentum=0) keeps no 'momentum_buffer'; with β = 0 the "
+        "parameter rows check m (w(t) = w(t−1) + α·m(t))"
+    )
 
 
 #: The lecture's Adam against ``torch.optim.Adam`` / ``AdamW``.
@@ -621,7 +635,13 @@ ADAM_STATE: tuple[StateMapping, ...] = (
 
 #: The lecture's Momentum against ``torch.optim.SGD(momentum=β)``.
 MOMENTUM_STATE: tuple[StateMapping, ...] = (
-    StateMapping("m", "momentum_buffer", "m ↔ −(1−β)·momentum_buffer", _momentum_to_buffer),
+    StateMapping(
+        "m",
+        "momentum_buffer",
+        "m ↔ −(1−β)·momentum_buffer",
+        _momentum_to_buffer,
+        _no_buffer_at_zero_momentum,
+    ),
 )
 
 
@@ -656,7 +676,7 @@ def _param_groups_of(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
 
 
 def _state_rows(pairs, optimizer, reference_optimizer, mapping, rtol, atol) -> list[ComparisonRow]:
-    groups = _param_groups_of(optimizer)
+    groups, groups_r = _param_groups_of(optimizer), _param_groups_of(reference_optimizer)
     rows = []
     for n, p, rn, rp in pairs:
         st = _numeric_state(optimizer.state.get(p, {}))
@@ -667,6 +687,10 @@ def _state_rows(pairs, optimizer, reference_optimizer, mapping, rtol, atol) -> l
             maps = [s for s in mapping if s.ours in st or s.theirs in st_r]
         for s in maps:
             name, ref_name = f"{n}: {s.label}", f"{rn}: {s.theirs}"
+            why = s.absent_ok(groups_r[id(rp)]) if id(rp) in groups_r else None
+            if s.ours in st and s.theirs not in st_r and why:
+                rows.append(_missing_row(name, ref_name, why, passed=True))
+                continue
             if s.ours not in st or s.theirs not in st_r:
                 side, key = ("model", s.ours) if s.ours not in st else ("reference", s.theirs)
                 rows.append(_missing_row(name, ref_name, f"no {key!r} in the {side}'s state"))
