@@ -1,6 +1,7 @@
 """``python -m torch_manual_bp``: the summary, one-line errors with exit status 2, divergence
 with exit status 1, and the ``parity`` subcommand's delegation to ``selftest``."""
 
+import math
 import os
 import subprocess
 import sys
@@ -99,17 +100,44 @@ def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
     )
 
 
-def test_divergence_exits_1_naming_the_step_and_keeping_the_checkpoint(tmp_path, capsys):
-    ckpt = str(tmp_path / "c.pt")
-    status, _, err = _run(
-        ["train", "--optimizer", "gd", "--lr", "1e30", "--epochs", "5", "--no-progress",
+def _diverge(ckpt: str, lr: str, epochs: str, capsys):
+    return _run(
+        ["train", "--optimizer", "gd", "--lr", lr, "--epochs", epochs, "--no-progress",
          "--logdir", "", "--checkpoint", ckpt], capsys,
     )  # fmt: skip
+
+
+def test_divergence_exits_1_naming_the_step_and_keeping_the_checkpoint(tmp_path, capsys):
+    """gd, α = 1e5: epochs 1-3 end finite, epoch 4 with J = NaN; epoch 3's checkpoint stays."""
+    ckpt = str(tmp_path / "c.pt")
+    status, _, err = _diverge(ckpt, "1e5", "6", capsys)
     assert status == 1
-    assert "at step 1" in err and "lower learning rate" in err
+    assert "at step 4" in err and "lower learning rate" in err
     assert f"The last good checkpoint is kept: {ckpt}" in err
     assert err.count("\n") == 1
-    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    kept = torch.load(ckpt, weights_only=True)
+    assert kept["epoch"] == 3 and math.isfinite(kept["metrics"]["train/epoch_loss"])
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_divergence_before_any_good_epoch_claims_no_checkpoint(tmp_path, capsys):
+    """α = 1e30 diverges in epoch 1. A file left at the path by an earlier run is not this
+    run's "last good checkpoint": the message must not advertise it, and it is untouched."""
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"an earlier run's file")
+    status, _, err = _diverge(str(ckpt), "1e30", "5", capsys)
+    assert status == 1
+    assert "the training loss is nan at step 1" in err and "checkpoint was not written" in err
+    assert "kept" not in err and err.count("\n") == 1
+    assert ckpt.read_bytes() == b"an earlier run's file"
+
+
+@pytest.mark.parametrize("lr", ["1e39", "3.5e38", "inf", "nan", "0"])
+def test_an_lr_float32_cannot_hold_is_refused_at_parse_time(capsys, lr):
+    status, out, err = _run(["train", *FAST, "--logdir", "", "--lr", lr], capsys)
+    assert status == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("torch-manual-bp train: error: argument --lr: expected a")
+    assert repr(lr) in err
 
 
 def test_parity_delegates_to_selftest(monkeypatch):

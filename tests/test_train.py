@@ -1,6 +1,7 @@
 """The training loop: reproducibility, checkpoints, exact resume, divergence, parity checks,
 and the logged values checked against values recomputed from the checkpointed weights."""
 
+import math
 import os
 import re
 
@@ -153,15 +154,64 @@ def test_parity_failure_is_reported_loudly(monkeypatch, capsys):
     assert "PARITY CHECK FAILED at step 0" in capsys.readouterr().err
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    ckpt = str(tmp_path / "c.pt")
-    with pytest.raises(Diverged) as info:  # lr 1e30: the weights overflow after one step
-        train(TrainConfig(optimizer="gd", lr=1e30, epochs=5, checkpoint=ckpt, **QUIET))
-    err = info.value
-    assert err.step == 1 and "at step 1" in str(err) and "lower learning rate" in str(err)
-    kept = load_checkpoint(ckpt)
-    assert kept["epoch"] == 1
+def _finite_checkpoint(path: str) -> dict:
+    """The checkpoint at ``path``, asserted good: every metric and every weight finite."""
+    kept = load_checkpoint(path)
+    assert all(math.isfinite(v) for v in kept["metrics"].values()), kept["metrics"]
+    assert math.isfinite(kept["metrics"]["train/epoch_loss"])
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
+    return kept
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """gd with α = 1e5 (seed 0): J at the epoch ends is ~5e8, ~8e18, ~2e29, then NaN after
+    step 3: epoch 4's checkpoint must not replace epoch 3's."""
+    ckpt = str(tmp_path / "c.pt")
+    with pytest.raises(Diverged) as info:
+        train(TrainConfig(optimizer="gd", lr=1e5, epochs=6, checkpoint=ckpt, **QUIET))
+    err = info.value
+    assert err.step == 4 and "at step 4" in str(err) and "lower learning rate" in str(err)
+    assert "epoch 4's checkpoint was not written" in str(err)
+    assert err.checkpoint == ckpt
+    assert _finite_checkpoint(ckpt)["epoch"] == 3
+
+
+def test_divergence_in_the_first_epoch_writes_no_checkpoint(tmp_path):
+    """α = 1e30: step 0 leaves weights ~1e29 whose loss is NaN; no checkpoint is good."""
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(Diverged) as info:
+        train(TrainConfig(optimizer="gd", lr=1e30, epochs=5, checkpoint=str(ckpt), **QUIET))
+    assert info.value.step == 1 and "the training loss is nan at step 1" in str(info.value)
+    assert info.value.checkpoint is None and not ckpt.exists()
+
+
+def test_divergence_on_the_last_epoch_is_not_a_result(tmp_path):
+    """α = 1e3: J overflows only at the end of epoch 6, the last one; no result with J = inf."""
+    ckpt = str(tmp_path / "c.pt")
+    with pytest.raises(Diverged, match="the training loss is inf at step 6"):
+        train(TrainConfig(optimizer="gd", lr=1e3, epochs=6, checkpoint=ckpt, **QUIET))
+    assert _finite_checkpoint(ckpt)["epoch"] == 5
+
+
+def test_a_weight_that_is_not_finite_stops_the_run(tmp_path, monkeypatch):
+    """Even if both losses were finite, a non-finite weight is not a good checkpoint."""
+
+    def finite_loss_but_an_inf_weight(model, x, y):
+        with torch.no_grad():
+            model[0].bias[0] = math.inf
+        return 0.5, 1.0
+
+    monkeypatch.setattr("torch_manual_bp.train.evaluate", finite_loss_but_an_inf_weight)
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(Diverged, match="a weight is not finite at step 1"):
+        train(TrainConfig(optimizer="gd", epochs=2, checkpoint=str(ckpt), **QUIET))
+    assert not ckpt.exists()
+
+
+@pytest.mark.parametrize("lr", [3.5e38, 1e39, math.inf, math.nan, 0.0, -1.0])
+def test_an_lr_float32_cannot_hold_is_refused(lr):
+    with pytest.raises(ConfigError, match=r"--lr must be a positive number at most 3\.40282e\+38"):
+        train(TrainConfig(optimizer="gd", lr=lr, epochs=1, **QUIET))
 
 
 RESUME_ERRORS = [

@@ -59,6 +59,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _learning_rate(text: str) -> float:
+    """A positive α the float32 weights can hold (``torch_manual_bp.train.MAX_LR``)."""
+    from .train import MAX_LR
+
+    value = _positive_float(text)
+    if value > MAX_LR:
+        raise argparse.ArgumentTypeError(
+            f"expected a learning rate at most {MAX_LR:.6g} (float32's largest), got {text!r}"
+        )
+    return value
+
+
 def _widths(text: str) -> list[int]:
     """``16`` or ``32,16``: hidden layer widths."""
     return [_positive_int(w) for w in text.split(",") if w.strip()] or [_positive_int(text)]
@@ -128,7 +140,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         default="adam",
         help="gd = full batch, sgd = one example per step (default: adam)",
     )
-    p.add_argument("--lr", type=_positive_float, help=f"learning rate α (default: {lrs})")
+    p.add_argument("--lr", type=_learning_rate, help=f"learning rate α (default: {lrs})")
     p.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -337,11 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         return _fail(str(err), EXIT_USAGE)
     except Diverged as err:
-        kept = getattr(args, "checkpoint", None)
-        if kept and os.path.exists(kept):
-            err_text = f"{err} The last good checkpoint is kept: {kept}"
-        else:
-            err_text = str(err)
+        kept = err.checkpoint  # written by THIS run, not merely a file left by an earlier one
+        err_text = f"{err} The last good checkpoint is kept: {kept}" if kept else str(err)
         return _fail(err_text, EXIT_DIVERGED)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

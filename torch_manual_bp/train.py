@@ -19,8 +19,10 @@ What the loop guarantees:
 - Checkpoints are written atomically at the end of every epoch (temporary file, fsync,
   ``os.replace``) and load with ``torch.load(path, weights_only=True)``; resuming from the
   epoch-k checkpoint ends bit-identical to the uninterrupted run.
-- A non-finite loss stops the run (``Diverged``) before the bad step is applied; the last
-  checkpoint is the last good epoch.
+- A non-finite batch loss stops the run (``Diverged``) before the bad step is applied; an
+  epoch end whose loss on the training or validation split, or any weight, is not finite
+  stops it before that epoch's checkpoint is written. So the checkpoint on disk is always the
+  last good epoch (``Diverged.checkpoint`` names it if this run wrote one).
 - Distributed: launched by ``torchrun`` (WORLD_SIZE > 1) it trains with
   DistributedDataParallel (gloo on CPU, nccl on CUDA). Each global batch is split across the
   ranks and every rank's loss is Σ J_i · world / m_B, so that DDP's gradient average is the
@@ -67,6 +69,8 @@ OPTIMIZERS = ("gd", "sgd", "momentum", "adam")
 DEFAULT_LR = {"gd": 0.5, "sgd": 0.01, "momentum": 0.1, "adam": 0.003}
 DEFAULT_BATCH_SIZE = {"sgd": 1, "momentum": 32, "adam": 32}  # gd: the whole training split
 CHECKPOINT_FORMAT = 1
+# The largest α the float32 weights can hold: the optimizers turn α into a float32 scalar.
+MAX_LR = torch.finfo(torch.float32).max
 # Largest |∇ours − ∇torch| accepted by --check-parity-every, relative to max(1, max |∇torch|).
 PARITY_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 # Config fields that change the numbers: a resumed run must agree with its checkpoint on them.
@@ -90,12 +94,26 @@ class ConfigError(ValueError):
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN or infinite at ``step``; the bad step was not applied."""
+    """The loss (or a weight) became NaN or infinite at ``step``.
 
-    def __init__(self, step: int, loss: float, lr: float) -> None:
-        self.step, self.loss, self.lr = step, loss, lr
+    Found by a batch loss: that step was not applied. Found at an epoch end (the loss on the
+    training or validation split, or a weight, is not finite): that epoch's checkpoint was not
+    written. ``checkpoint``: the last checkpoint THIS run wrote, or None if it wrote none.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        loss: float,
+        lr: float,
+        *,
+        what: str | None = None,
+        consequence: str = "the step was not applied",
+        checkpoint: str | None = None,
+    ) -> None:
+        self.step, self.loss, self.lr, self.checkpoint = step, loss, lr, checkpoint
         super().__init__(
-            f"the loss is {loss} at step {step}: training diverged; the step was not applied. "
+            f"{what or f'the loss is {loss}'} at step {step}: training diverged; {consequence}. "
             f"Try a lower learning rate than --lr {lr:g} (e.g. --lr {lr / 10:g})."
         )
 
@@ -143,8 +161,11 @@ class TrainConfig:
         """Raise ``ConfigError`` naming the first bad value."""
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
-        if self.lr is not None and not (0.0 < self.lr < math.inf):
-            raise ConfigError(f"--lr must be a positive finite number, got {self.lr!r}")
+        if self.lr is not None and not (0.0 < self.lr <= MAX_LR):
+            raise ConfigError(
+                f"--lr must be a positive number at most {MAX_LR:.6g} (float32's largest), "
+                f"got {self.lr!r}"
+            )
         positive = {"--batch-size": self.batch_size, "--max-steps": self.max_steps}
         for flag, v in positive.items():
             if v is not None and v < 1:
@@ -604,6 +625,11 @@ class _LoopState:
         self.full_loss: list[tuple[int, float]] = []
         self.parity_checks = self.parity_failures = 0
         self.parity_max_diff = 0.0
+        self.written: str | None = None  # the last checkpoint this run wrote
+
+    def _diverged(self, loss: float, **how) -> Diverged:
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        return Diverged(self.step, loss, lr, checkpoint=self.written, **how)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -668,7 +694,7 @@ class _LoopState:
         # the global batch's mean J (each rank holds Σ_mine J_i · world / m_B)
         global_loss = float(_all_reduce_sum(loss.detach().float(), self.world)) / self.world
         if not math.isfinite(global_loss):
-            raise Diverged(self.step, global_loss, float(opt.param_groups[0]["lr"]))
+            raise self._diverged(global_loss)
         opt.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
@@ -722,10 +748,25 @@ class _LoopState:
         }
         if self.logger is not None:
             self.logger.log_scalars(self.step, metrics)
+        self._check_finite(epoch, train_loss, val_loss)
         if self.checkpoint is not None:
             save_checkpoint(self.checkpoint, self._checkpoint_state(epoch, metrics))
+            self.written = self.checkpoint
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+
+    def _check_finite(self, epoch: int, train_loss: float, val_loss: float) -> None:
+        """Raise ``Diverged`` (before the epoch's checkpoint) if a loss or a weight is not
+        finite: the last step of the epoch was applied and blew the weights up."""
+        bad = None
+        for split, loss in (("training", train_loss), ("validation", val_loss)):
+            if bad is None and not math.isfinite(loss):
+                bad = f"the {split} loss is {loss}"
+        if bad is None and not all(bool(p.isfinite().all()) for p in self.module.parameters()):
+            bad = "a weight is not finite"
+        if bad is not None:
+            consequence = f"epoch {epoch}'s checkpoint was not written"
+            raise self._diverged(train_loss, what=bad, consequence=consequence)
 
     def _checkpoint_state(self, epoch: int, metrics: dict) -> dict:
         state = {
