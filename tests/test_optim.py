@@ -612,12 +612,77 @@ def test_old_state_dict_without_newer_keys_loads(kind):
     c = ours(kind, [{"params": qs}], {"lr": 0.5, "foreach": True})
     c.load_state_dict(sd)
     assert c.param_groups[0]["lr"] == 0.01
-    assert c.param_groups[0]["foreach"] is None
+    assert c.param_groups[0]["foreach"] is True  # a path flag: the receiver's own
     _train(a, ps, sc, 5, start=6)
     _train(c, qs, sc, 5, start=6)
     for p, q in zip(ps, qs, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-15)
         assert torch.is_tensor(c.state[q]["step"])
+
+
+@pytest.mark.parametrize("kind", ["adam", "momentum"])
+def test_load_state_dict_keeps_the_receivers_path_flags(kind):
+    """foreach/fused/capturable say how to run, not what to compute: the loading optimizer
+    keeps its own (a checkpoint moves between paths), the rest comes from the file."""
+    sc = SCENARIOS["plain"]
+    groups = make_groups(sc, torch.float64, "cpu")
+    saved_opts = {"lr": 0.01, "foreach": False, "weight_decay": 0.1}
+    if kind == "adam":
+        saved_opts["capturable"] = True
+    a = ours(kind, clone_groups(groups), saved_opts)
+    ps = a.param_groups[0]["params"]
+    _train(a, ps, sc, 5)
+    sd = copy.deepcopy(a.state_dict())  # state_dict() holds a's live state tensors
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    b = ours(kind, [{"params": qs}], {"lr": 0.5, "foreach": True})
+    b.load_state_dict(sd)
+    g = b.param_groups[0]
+    assert (g["foreach"], g["fused"], g.get("capturable", False)) == (True, None, False)
+    assert (g["lr"], g["weight_decay"]) == (0.01, 0.1)  # the math comes from the file
+    assert sd["param_groups"][0]["foreach"] is False  # the caller's dict is not modified
+    _train(a, ps, sc, 5, start=6)
+    _train(b, qs, sc, 5, start=6)
+    for p, q in zip(ps, qs, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-13, atol=1e-15)
+
+
+def _torch_adam(groups):
+    return torch.optim.Adam(groups, lr=0.01)
+
+
+def _torch_amsgrad(groups):
+    return torch.optim.Adam(groups, lr=0.01, amsgrad=True)
+
+
+def _torch_sgd(groups):
+    return torch.optim.SGD(groups, lr=0.01, momentum=0.9)
+
+
+TORCH_CHECKPOINTS = [
+    ("adam", _torch_adam, ["exp_avg", "exp_avg_sq", "m = -exp_avg"]),
+    ("adam", _torch_amsgrad, ["max_exp_avg_sq", "s_max = max_exp_avg_sq"]),
+    ("momentum", _torch_sgd, ["momentum_buffer", "m = -(1 - momentum) * momentum_buffer"]),
+]
+
+
+@pytest.mark.parametrize(
+    "kind,make,words", TORCH_CHECKPOINTS, ids=["Adam", "Adam-amsgrad", "SGD-momentum"]
+)
+def test_torch_optim_state_dict_is_a_value_error_naming_its_keys(kind, make, words):
+    """torch.optim keeps exp_avg / momentum_buffer, not the lecture's m (and SGD no step):
+    loading its checkpoint is refused with the keys and the conversion, not a KeyError at
+    the next step; the optimizer is left as it was."""
+    sc = SCENARIOS["plain"]
+    groups = make_groups(sc, torch.float64, "cpu")
+    twin = make(clone_groups(groups))
+    _train(twin, twin.param_groups[0]["params"], sc, 2)
+    opt = ours(kind, clone_groups(groups), {"lr": 0.01})
+    with pytest.raises(ValueError, match=r"not a (Adam|Momentum) state_dict") as e:
+        opt.load_state_dict(twin.state_dict())
+    for word in [*words, "'m'", "'step'"]:
+        assert word in str(e.value)
+    assert len(opt.state) == 0 and opt.param_groups[0]["lr"] == 0.01
+    _train(opt, opt.param_groups[0]["params"], sc, 1)  # still usable
 
 
 @pytest.mark.parametrize("kind", ["adam", "momentum"])
@@ -814,6 +879,31 @@ def test_bad_configuration_is_a_value_error_naming_it(cls, kwargs, name):
     w = torch.randn(2, requires_grad=True)
     with pytest.raises(ValueError, match="Invalid " + re.escape(name)):
         cls([w], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,name",
+    BAD_CONFIGS,
+    ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, n) in enumerate(BAD_CONFIGS)],
+)
+def test_bad_group_hyperparameter_is_a_value_error_naming_it_and_the_group(cls, kwargs, name):
+    """A param group's own hyperparameters get the same checks, in the constructor and in
+    add_param_group; a rejected group is not added."""
+    w, v = torch.randn(2, requires_grad=True), torch.randn(2, requires_grad=True)
+    with pytest.raises(ValueError, match=f"Invalid {re.escape(name)}.* in param group 0$"):
+        cls([{"params": [w], **kwargs}])
+    opt = cls([w])
+    with pytest.raises(ValueError, match=f"Invalid {re.escape(name)}.* in param group 1$"):
+        opt.add_param_group({"params": [v], **kwargs})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("cls", [Adam, Momentum])
+def test_group_path_flags_are_checked_with_the_defaults(cls):
+    """A group's foreach=True against fused=True defaults is the same error as both kwargs."""
+    w = torch.randn(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"foreach=True and fused=True.* in param group 0$"):
+        cls([{"params": [w], "foreach": True}], fused=True)
 
 
 @pytest.mark.parametrize("cls", [Adam, Momentum])

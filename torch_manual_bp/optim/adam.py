@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from . import _common as c
@@ -17,7 +16,7 @@ from .rules import _adam_step_scalars, adam_update_, adam_update_foreach_
 __all__ = ["Adam", "adam"]
 
 
-class Adam(Optimizer):
+class Adam(c.LectureOptimizer):
     r"""Adam as the lecture writes it: m averages the negative gradient and is added.
 
     Update rule, per parameter tensor w with gradient g = ∇J(w(t)), t = 1, 2, ...::
@@ -65,6 +64,18 @@ class Adam(Optimizer):
         >>> loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
     """
 
+    STATE_KEYS = ("step", "m", "s")
+    # what a state_dict saved before an option existed means
+    OLD_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "weight_decay": 0.0,
+        "decoupled_weight_decay": False,
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "fused": None,
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -79,24 +90,9 @@ class Adam(Optimizer):
         capturable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        c.check_lr(lr)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
-        c.check_beta("betas[0]", betas[0])
-        c.check_beta("betas[1]", betas[1])
-        c.check_nonnegative("eps", eps)
-        c.check_nonnegative("weight_decay", weight_decay)
-        for name, flag in [
-            ("decoupled_weight_decay", decoupled_weight_decay),
-            ("amsgrad", amsgrad),
-            ("maximize", maximize),
-            ("capturable", capturable),
-        ]:
-            c.check_flag(name, flag)
-        c.check_paths(foreach, fused)
         defaults = {
             "lr": lr,
-            "betas": tuple(betas),
+            "betas": betas,
             "eps": eps,
             "weight_decay": weight_decay,
             "decoupled_weight_decay": decoupled_weight_decay,
@@ -106,34 +102,24 @@ class Adam(Optimizer):
             "capturable": capturable,
             "fused": fused,
         }
+        self.check_options(defaults)
+        defaults["betas"] = tuple(betas)
         super().__init__(params, defaults)
-        if fused:
-            for group in self.param_groups:
-                for p in group["params"]:
-                    _fused.check_fusable(p)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # A state_dict or pickle from an older version lacks the newer keys: fill them in.
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("weight_decay", 0.0)
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("fused", None)
-            for p in group["params"]:
-                st = self.state.get(p, {})
-                if st and not torch.is_tensor(st["step"]):
-                    st["step"] = self._new_step(p, group, float(st["step"]))
 
     @staticmethod
-    def _new_step(p: Tensor, group: dict[str, Any], value: float = 0.0) -> Tensor:
-        # On the host unless capturable: reading it back (.item()) is then free.
-        if group["capturable"]:
-            return torch.tensor(value, dtype=torch.float32, device=p.device)
-        return torch.tensor(value, dtype=c.scalar_dtype())
+    def check_options(options: dict[str, Any]) -> None:
+        """ValueError naming the first invalid hyperparameter of a group (or the defaults)."""
+        c.check_lr(options["lr"])
+        betas = options["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
+        c.check_beta("betas[0]", betas[0])
+        c.check_beta("betas[1]", betas[1])
+        c.check_nonnegative("eps", options["eps"])
+        c.check_nonnegative("weight_decay", options["weight_decay"])
+        for name in ("decoupled_weight_decay", "amsgrad", "maximize", "capturable"):
+            c.check_flag(name, options[name])
+        c.check_paths(options["foreach"], options["fused"])
 
     def _gather(self, group: dict[str, Any], group_index: int):
         """The tensors of this group that have a gradient, creating their state on first use."""
@@ -145,7 +131,7 @@ class Adam(Optimizer):
                 raise c.sparse_error("Adam", group_index, i)
             state = self.state[p]
             if len(state) == 0:
-                state["step"] = self._new_step(p, group)
+                state["step"] = c.new_step(p, group)
                 state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if group["amsgrad"]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from . import _common as c
@@ -17,7 +16,7 @@ from .rules import momentum_update_, momentum_update_foreach_
 __all__ = ["Momentum", "momentum"]
 
 
-class Momentum(Optimizer):
+class Momentum(c.LectureOptimizer):
     r"""Momentum as the lecture writes it: an average of the negative gradient, added.
 
     Update rule, per parameter tensor w with gradient g = ∇J(w(t)), t = 1, 2, ...::
@@ -60,6 +59,16 @@ class Momentum(Optimizer):
         >>> loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
     """
 
+    STATE_KEYS = ("step", "m")
+    # what a state_dict saved before an option existed means
+    OLD_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "bias_correction": False,
+        "weight_decay": 0.0,
+        "maximize": False,
+        "foreach": None,
+        "fused": None,
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -71,12 +80,6 @@ class Momentum(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        c.check_lr(lr)
-        c.check_beta("momentum", momentum)
-        c.check_nonnegative("weight_decay", weight_decay)
-        c.check_flag("bias_correction", bias_correction)
-        c.check_flag("maximize", maximize)
-        c.check_paths(foreach, fused)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -86,25 +89,18 @@ class Momentum(Optimizer):
             "foreach": foreach,
             "fused": fused,
         }
+        self.check_options(defaults)
         super().__init__(params, defaults)
-        if fused:
-            for group in self.param_groups:
-                for p in group["params"]:
-                    _fused.check_fusable(p)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # A state_dict or pickle from an older version lacks the newer keys: fill them in.
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("bias_correction", False)
-            group.setdefault("weight_decay", 0.0)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("fused", None)
-            for p in group["params"]:
-                st = self.state.get(p, {})
-                if st and not torch.is_tensor(st["step"]):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=c.scalar_dtype())
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """ValueError naming the first invalid hyperparameter of a group (or the defaults)."""
+        c.check_lr(options["lr"])
+        c.check_beta("momentum", options["momentum"])
+        c.check_nonnegative("weight_decay", options["weight_decay"])
+        c.check_flag("bias_correction", options["bias_correction"])
+        c.check_flag("maximize", options["maximize"])
+        c.check_paths(options["foreach"], options["fused"])
 
     def _gather(self, group: dict[str, Any], group_index: int):
         """The tensors of this group that have a gradient, creating their state on first use."""
@@ -116,7 +112,7 @@ class Momentum(Optimizer):
                 raise c.sparse_error("Momentum", group_index, i)
             state = self.state[p]
             if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=c.scalar_dtype())
+                state["step"] = c.new_step(p, group)
                 state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if p.is_complex():  # updated as real and imaginary parts, like PyTorch
                 w.append(c.as_real(p))
