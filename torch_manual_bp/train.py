@@ -451,7 +451,9 @@ def train(
     Raises:
         ConfigError: a bad option, path or checkpoint (one-line message).
         torch_manual_bp.data.DataError: unusable data (``FILE:LINE:COLUMN: ...``).
-        Diverged: the loss became non-finite.
+        Diverged: a batch loss, an epoch-end loss or a weight became non-finite (no
+            checkpoint is written for that epoch; ``.checkpoint`` is the last one this run
+            wrote, or None).
     """
     config.check()
     rank, world, local_rank = _init_distributed(config.device)
