@@ -84,6 +84,83 @@ def test_selftest_fails_on_a_broken_optimizer(monkeypatch, capsys):
     assert "first divergence at step 1" in out  # --verbose: the full report
 
 
+def _divide_by_s_not_s_max(monkeypatch):
+    """An AMSGrad bug on every path: s_max is kept up to date, but the step divides by s."""
+    from torch_manual_bp.optim import _fused, adam, rules
+
+    per_tensor, foreach, fused = rules.adam_update_, rules.adam_update_foreach_, _fused.adam_fused_
+
+    def per_tensor_bug(w, g, m, s, s_max, **kw):
+        per_tensor(w, g, m, s, None, **kw)
+        if s_max is not None:
+            torch.maximum(s_max, s, out=s_max)
+
+    def foreach_bug(w, g, m, s, s_max, **kw):
+        foreach(w, g, m, s, None, **kw)
+        if s_max is not None:
+            torch._foreach_maximum_(s_max, s)
+
+    def fused_bug(w, g, m, s, s_max, **kw):
+        fused(w, g, m, s, None, **kw)
+        if s_max is not None:
+            torch._foreach_maximum_(s_max, s)
+
+    for module in (rules, adam):  # adam.py imports the rules by name
+        monkeypatch.setattr(module, "adam_update_", per_tensor_bug)
+        monkeypatch.setattr(module, "adam_update_foreach_", foreach_bug)
+    monkeypatch.setattr(_fused, "adam_fused_", fused_bug)
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--dtype", "float64", "--steps", "1"]], ids=["defaults", "float64-1-step"]
+)
+def test_selftest_fails_when_amsgrad_divides_by_s_instead_of_s_max(argv, monkeypatch, capsys):
+    """The amsgrad checks run where s falls below s_max (β₂ = 0.5, shrinking gradients, at
+    least 3 steps), so exactly they fail, on every path, even with --steps 1. (With
+    β₂ = 0.999 and steady gradients, s_max = s nearly everywhere: the defaults passed.)"""
+    from torch_manual_bp.optim import _fused
+
+    _divide_by_s_not_s_max(monkeypatch)
+    assert selftest.main(argv) == 1
+    lines = _table_lines(capsys.readouterr().out)
+    failing = {name for name, line in lines.items() if not line.endswith(("pass", "skip"))}
+    paths = ["per-tensor", "multi-tensor"] + (["fused"] if _fused.available() else [])
+    assert failing == {f"Adam, amsgrad [{path}]" for path in paths}
+    assert all(lines[f"Adam, amsgrad [{path}]"].endswith("FAIL") for path in paths)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_amsgrad_check_runs_where_s_max_differs_from_s(dtype, monkeypatch):
+    """In the amsgrad check's run, the reference's max_exp_avg_sq exceeds exp_avg_sq."""
+    seen = []
+    compare = selftest.compare_training
+
+    def spy(net, ours, twin, theirs, *args, **kw):
+        seen.append(theirs)
+        return compare(net, ours, twin, theirs, *args, **kw)
+
+    monkeypatch.setattr(selftest, "compare_training", spy)
+    torch.manual_seed(0)
+    ctx = selftest._Ctx(torch.device("cpu"), dtype, steps=1, seed=0)
+    assert selftest._check_adam(ctx, "per-tensor", amsgrad=True).passed
+    gaps = [st["max_exp_avg_sq"] - st["exp_avg_sq"] for st in seen[0].state.values()]
+    assert all(g.min() >= 0 for g in gaps)
+    assert sum(int((g > 0).sum()) for g in gaps) > sum(g.numel() for g in gaps) // 2
+    assert selftest._s_max_gap(seen[0]) > 0
+
+
+def test_an_amsgrad_check_that_cannot_tell_s_max_from_s_is_an_error(monkeypatch, capsys):
+    from torch_manual_bp.optim import _fused
+
+    monkeypatch.setattr(selftest, "_s_max_gap", lambda reference: 0.0)
+    assert selftest.main(["--dtype", "float64", "--steps", "1"]) == 1
+    out = capsys.readouterr().out
+    errors = {name for name, line in _table_lines(out).items() if line.endswith("ERROR")}
+    paths = ["per-tensor", "multi-tensor"] + (["fused"] if _fused.available() else [])
+    assert errors == {f"Adam, amsgrad [{path}]" for path in paths}
+    assert "the amsgrad check proves nothing" in out
+
+
 def test_fused_checks_are_skipped_where_the_kernel_cannot_be_built(monkeypatch, capsys):
     from torch_manual_bp.optim import _fused
 

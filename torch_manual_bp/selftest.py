@@ -25,7 +25,9 @@ The checks:
   against SGD under ``LambdaLR(lambda e: 1/(1 − β**(e + 1)))``, and ``Adam`` against
   ``torch.optim.Adam`` (amsgrad, weight decay, AdamW, maximize), each on the per-tensor, the
   multi-tensor and the fused path (against PyTorch's fused Adam; skipped on CUDA and where
-  the kernel cannot be built), every parameter and state tensor at every step.
+  the kernel cannot be built), every parameter and state tensor at every step. The amsgrad
+  checks use β₂ = 0.5, gradients shrinking as 1/t and at least 3 steps, so that s falls
+  below s_max (an error when it never does: the check would prove nothing).
 """
 
 from __future__ import annotations
@@ -246,10 +248,39 @@ def _check_momentum(ctx: _Ctx, path: str, **kw):
     )
 
 
+def _shrinking_batches(ctx: _Ctx, n: int) -> list:
+    """n batches (X, (Y, c)) whose loss c·J is scaled by c = 1/t at step t: the gradients
+    shrink, so s(t) = β₂ s(t−1) + (1 − β₂) g² falls below its running maximum s_max."""
+    return [(ctx.randn(8, 5), (ctx.target(8, 1), 1.0 / t)) for t in range(1, n + 1)]
+
+
+def _scaled_bce(out: torch.Tensor, target: tuple[torch.Tensor, float]) -> torch.Tensor:
+    Y, c = target
+    return c * F.binary_cross_entropy_with_logits(out, Y)
+
+
+def _s_max_gap(reference: torch.optim.Optimizer) -> float:
+    """max (s_max − s) over the reference Adam's state: > 0 when AMSGrad's ŝ differs."""
+    gaps = [
+        float((st["max_exp_avg_sq"] - st["exp_avg_sq"]).max())
+        for st in reference.state.values()
+        if "max_exp_avg_sq" in st
+    ]
+    return max(gaps, default=0.0)
+
+
 def _check_adam(ctx: _Ctx, path: str, **kw):
     from .optim import Adam
 
     net, twin, batches = _optim_problem(ctx)
+    steps, loss = ctx.steps, {}
+    amsgrad = kw.get("amsgrad", False)
+    if amsgrad:
+        # With growing s (β₂ = 0.999 over a few steps) s_max = s and dividing by s instead of
+        # s_max would pass: β₂ = 0.5 and shrinking gradients put s below s_max from step 2.
+        kw["betas"] = (0.9, 0.5)
+        steps = max(steps, 3)
+        batches, loss = _shrinking_batches(ctx, steps), {"loss_fn": _scaled_bce}
     # ε = 1e-8 is 0 in float16 (and √ŝ underflows): 0/0 on both sides would prove nothing.
     kw.setdefault("eps", 1e-8 if ctx.dtype.itemsize >= 4 else 1e-3)
     ours = Adam(net.parameters(), lr=0.01, **_path_kwargs(ctx, path), **kw)
@@ -259,7 +290,10 @@ def _check_adam(ctx: _Ctx, path: str, **kw):
     if reference_cls is torch.optim.AdamW:
         kw.setdefault("weight_decay", 0.0)
     theirs = reference_cls(twin.parameters(), lr=0.01, **kw, **_reference_path(path))
-    return compare_training(net, ours, twin, theirs, batches, ctx.steps)
+    report = compare_training(net, ours, twin, theirs, batches, steps, **loss)
+    if amsgrad and not _s_max_gap(theirs) > 0:
+        raise RuntimeError("the amsgrad check proves nothing: s_max = s at every coordinate")
+    return report
 
 
 def _checks() -> list[tuple[str, Callable[[_Ctx], object]]]:
