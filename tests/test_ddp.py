@@ -11,12 +11,13 @@ state over the ranks; its consolidated ``state_dict`` (gathered on rank 0) must 
 bit for bit, and must hold the same state a single-process optimizer holds.
 
 All scenarios run in ONE spawn of two processes (a module fixture); the tests read what the
-ranks wrote. The processes talk over 127.0.0.1 on a free port.
+ranks wrote. The ranks rendezvous through a ``FileStore`` in the test's temporary directory
+(``init_method="file://..."``), not a TCP port: a port picked free and then released could be
+taken by another process before rank 0 binds it.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -84,11 +85,9 @@ def _params(model) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------------------
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, store: str, out_dir: str) -> None:
     torch.set_num_threads(1)  # two processes on a shared machine
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
+    dist.init_process_group("gloo", init_method=Path(store).as_uri(), rank=rank, world_size=WORLD)
     try:
         X, Y = _data()
         half = slice(rank * M // WORLD, (rank + 1) * M // WORLD)
@@ -130,17 +129,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     """Spawn the two ranks once; return what each wrote."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    ctx = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False)
+    store = out_dir / "filestore"  # must not exist yet; the ranks create and share it
+    ctx = mp.spawn(_worker, args=(str(store), str(out_dir)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
