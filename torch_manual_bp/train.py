@@ -45,12 +45,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .functional import sigmoid_bce
 from .nn import MLP
+
+if TYPE_CHECKING:  # the logger needs the [train] extra; imported where it is used
+    from .tensorboard import TrainingLogger
 
 __all__ = [
     "OPTIMIZERS",
@@ -203,7 +207,7 @@ class TrainResult:
     seconds: float
     config: TrainConfig
     run_dir: str | None
-    checkpoint: str | None
+    checkpoint: str | None  # where to write, rank 0 only
     rank: int = 0
     world_size: int = 1
     device: str = "cpu"
@@ -600,34 +604,29 @@ def _hparams(cfg: TrainConfig, world: int) -> dict:
     }
 
 
+@dataclass
 class _LoopState:
     """The mutable parts of one run, and the epoch/step loop over them."""
 
-    def __init__(
-        self,
-        cfg,
-        rank,
-        world,
-        device,
-        amp_dtype,
-        module,
-        net,
-        optimizer,
-        scaler,
-        shuffle,
-        logger,
-        checkpoint,
-        step,
-    ) -> None:
-        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
-        self.amp_dtype, self.module, self.net = amp_dtype, module, net
-        self.optimizer, self.scaler, self.shuffle = optimizer, scaler, shuffle
-        self.logger, self.checkpoint, self.step = logger, checkpoint, step
-        self.history: list[tuple[int, float]] = []
-        self.full_loss: list[tuple[int, float]] = []
-        self.parity_checks = self.parity_failures = 0
-        self.parity_max_diff = 0.0
-        self.written: str | None = None  # the last checkpoint this run wrote
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    module: torch.nn.Module  # the model itself
+    net: torch.nn.Module  # what the forward calls: the model, or its DDP/compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # float16 autocast only
+    shuffle: torch.Generator
+    logger: TrainingLogger | None  # rank 0 with a logdir only
+    checkpoint: str | None  # where to write, rank 0 only
+    step: int
+    history: list[tuple[int, float]] = field(default_factory=list)
+    full_loss: list[tuple[int, float]] = field(default_factory=list)
+    parity_checks: int = 0
+    parity_failures: int = 0
+    parity_max_diff: float = 0.0
+    written: str | None = None  # the last checkpoint this run wrote
 
     def _diverged(self, loss: float, **how) -> Diverged:
         lr = float(self.optimizer.param_groups[0]["lr"])
