@@ -96,6 +96,23 @@ def momentum_update_(
         w.add_(m, alpha=step)  # w ← w + α m̂
 
 
+def _foreach_gradient(
+    g: list[Tensor], w: list[Tensor], weight_decay: float, maximize: bool
+) -> list[Tensor]:
+    """The gradient the rules use: g (−g with ``maximize``) plus the L2 term λw.
+
+    Returns ``g`` itself when nothing changes, else new tensors: ``.grad`` is never modified.
+    """
+    if maximize:
+        g = torch._foreach_neg(g)  # climb J: the same rule applied to −J
+    if weight_decay != 0:
+        if maximize:  # g is already our own copy
+            torch._foreach_add_(g, w, alpha=weight_decay)
+        else:
+            g = torch._foreach_add(g, w, alpha=weight_decay)
+    return g
+
+
 def momentum_update_foreach_(
     w: list[Tensor],
     g: list[Tensor],
@@ -110,13 +127,7 @@ def momentum_update_foreach_(
 ) -> None:
     """:func:`momentum_update_` on lists of tensors of one device and dtype, with
     ``torch._foreach_*`` kernels (a few launches for the whole list). ``t`` per tensor."""
-    if maximize:
-        g = torch._foreach_neg(g)
-    if weight_decay != 0:
-        if maximize:  # g is already our own copy
-            torch._foreach_add_(g, w, alpha=weight_decay)
-        else:
-            g = torch._foreach_add(g, w, alpha=weight_decay)
+    g = _foreach_gradient(g, w, weight_decay, maximize)
     torch._foreach_mul_(m, beta)
     torch._foreach_add_(m, g, alpha=-(1 - beta))  # m ← β m + (1 − β)(−g)
     if _is_tensor(alpha, *t):
@@ -233,15 +244,9 @@ def adam_update_foreach_(
 ) -> None:
     """:func:`adam_update_` on lists of tensors of one device and dtype, with
     ``torch._foreach_*`` kernels (a few launches for the whole list). ``t`` per tensor."""
-    if maximize:
-        g = torch._foreach_neg(g)
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            torch._foreach_mul_(w, 1 - alpha * weight_decay)
-        elif maximize:  # g is already our own copy
-            torch._foreach_add_(g, w, alpha=weight_decay)
-        else:
-            g = torch._foreach_add(g, w, alpha=weight_decay)
+    if decoupled_weight_decay and weight_decay != 0:
+        torch._foreach_mul_(w, 1 - alpha * weight_decay)  # AdamW: decay outside m and s
+    g = _foreach_gradient(g, w, 0.0 if decoupled_weight_decay else weight_decay, maximize)
     torch._foreach_mul_(m, beta1)
     torch._foreach_add_(m, g, alpha=-(1 - beta1))  # m ← β₁ m − (1 − β₁) g
     torch._foreach_mul_(s, beta2)
