@@ -392,13 +392,25 @@ def _tie_diagnosis(model: nn.Module, reference: nn.Module, inputs: tuple) -> str
     )
 
 
+class _Rows:
+    """For reports made of ``ComparisonRow``s (``self.rows``): pass/fail over all of them."""
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    @property
+    def failures(self) -> list[ComparisonRow]:
+        return [r for r in self.rows if not r.passed]
+
+
 # --------------------------------------------------------------------------------------
 # compare_gradients
 # --------------------------------------------------------------------------------------
 
 
 @dataclass
-class GradientReport:
+class GradientReport(_Rows):
     """What ``compare_gradients`` found: one row per compared tensor.
 
     Rows, in order: ``output`` and ``loss`` (the forward), one row per parameter (dJ/dw, named
@@ -416,14 +428,6 @@ class GradientReport:
     dtype: torch.dtype
     device: torch.device
     diagnosis: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
-
-    @property
-    def failures(self) -> list[ComparisonRow]:
-        return [r for r in self.rows if not r.passed]
 
     def __getitem__(self, name: str) -> ComparisonRow:
         for r in self.rows:
@@ -718,7 +722,7 @@ def _numeric_state(state: dict) -> dict[str, Tensor]:
 
 
 @dataclass
-class StepRecord:
+class StepRecord(_Rows):
     """Everything compared at step t (t = 0: the starting parameters).
 
     ``rows``: ``loss``, then per parameter ``grad <name>`` (dJ/dw at w(t−1), before the
@@ -731,14 +735,6 @@ class StepRecord:
     loss: float | None = None
     reference_loss: float | None = None
     hyper: tuple[list[dict], list[dict]] | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
-
-    @property
-    def failures(self) -> list[ComparisonRow]:
-        return [r for r in self.rows if not r.passed]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -1150,7 +1146,7 @@ def _mlp_layers(mlp: nn.Module) -> tuple[list[nn.Linear], int]:
 
 
 @dataclass
-class TraceReport:
+class TraceReport(_Rows):
     """The lecture's backward pass, layer by layer, against autograd.
 
     Names follow the slides (layer l = 1..L, A[0] = X): ``dJ/dZ[l]``, ``dJ/dW[l]``,
@@ -1172,10 +1168,6 @@ class TraceReport:
     loss: float
     reference_loss: float
     relu_grad_at_zero: int
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
 
     def __bool__(self) -> bool:
         return self.passed
